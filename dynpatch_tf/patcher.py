@@ -1,0 +1,445 @@
+"""DynamicPatcher: complexity-driven quadtree patches in RaggedTensors."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dynpatch_tf import images as image_ops
+
+RULES = ("quadtree", "block", "budget")
+
+
+@keras.saving.register_keras_serializable(package="dynpatch_tf")
+class DynamicPatcher(keras.layers.Layer):
+    """Cuts each image into a quadtree of patches, fine where its complexity is high.
+
+    The image is padded (SYMMETRIC, i.e. SciPy's `reflect`) at the bottom and right
+    to multiples of `base_size` and cut into base blocks. Level `l` has patches of
+    `base_size / 2**l` pixels, down to `min_size`; `thresholds[l]` decides the
+    split from level `l` to `l + 1`, on the mean of the complexity map over a node.
+
+    Rules:
+        * `"quadtree"` (default): a node splits when its own mean exceeds its
+          level's threshold; each child decides for itself.
+        * `"block"`: the seed's literal rule. Each base block takes one level for
+          all of it: the number of thresholds its mean exceeds.
+        * `"budget"`: exactly `budget` patches per image. Starting from the base
+          blocks, the busiest nodes split first (as in Quadformer), which is the
+          order of the node means made monotone down the tree (a child's priority
+          is the minimum of its mean and its parent's priority). Every split adds 3
+          patches, so `budget - base_blocks` must be a non-negative multiple of 3;
+          only nodes whose four children all lie in the image may split. The count
+          is fixed, so the output is also a dense `[B, budget, ...]` batch
+          (`ragged.to_tensor()` has no padding), for XLA and TFLite.
+
+    `max_patches` caps the patches of one image (quadtree and block rules): past
+    it, the least complex splits are undone first, in the monotone priority order
+    above, so the tree stays consistent. Base blocks are never merged, so an image
+    always has at least one patch per base block.
+
+    Order within an image (deterministic): base blocks in raster order (row by
+    row), and inside a block the quadtree's depth-first order (Z-order: top-left,
+    top-right, bottom-left, bottom-right), i.e. patches sorted by the Morton code
+    of their top-left corner.
+
+    Every patch is resampled to `token_size` x `token_size`: exact area averaging
+    when shrinking, bilinear (half-pixel centres) when enlarging. Boxes are
+    `(y0, x0, y1, x1)`, half-open, in input pixels, clipped to the unpadded image;
+    patches wholly in the padding are dropped, so the boxes of an image tile it
+    exactly. Pixels of a patch that straddles the border come from the padded
+    image.
+
+    Learnable subdivision: `thresholds` is a weight (trainable unless
+    `trainable_thresholds=False`, non-negative). Split decisions are hard; the soft
+    probability `sigmoid((mean - threshold) / temperature)` of every node carries
+    the gradient by a straight-through estimator: `gates` is, for each patch, the
+    product of its ancestors' split indicators and its own no-split indicator,
+    each written `hard + (soft - stop_gradient(soft))`. Its value is exactly 1;
+    multiplying the patch's weight by it lets the task loss reach the thresholds.
+    `expected_patches` is the soft expected patch count down the tree, for the
+    subdivision penalty. For the block rule, a node's soft probability uses its
+    base block's mean.
+
+    Args:
+        base_size: side of the base blocks, a power of two (default 64).
+        min_size: side of the smallest patches, a power of two (default 8).
+        thresholds: one threshold per split level (`log2(base/min)` values), on
+            the complexity map's scale (see `ComplexityMap`).
+        token_size: side `P` every patch is resampled to, a power of two.
+        rule: `"quadtree"`, `"block"` or `"budget"`.
+        max_patches: optional cap on patches per image (quadtree, block).
+        budget: the exact patch count per image for `rule="budget"`.
+        temperature: softness of the split probabilities, on the complexity scale.
+        trainable_thresholds: whether the thresholds are trained.
+        validate: check image values (NaN, Inf) and sizes when the graph runs.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        images: `[B, H, W, C]` uint8 (0..255) or float (0..1), `C` in {1, 3},
+            `H, W >= base_size`.
+        complexity: `[B, H, W, 1]` float, e.g. from `ComplexityMap`.
+
+    Returns:
+        A dict:
+        * `"pixels"`: RaggedTensor `[B, (N), P, P, C]` float32 in 0..1;
+        * `"boxes"`: RaggedTensor `[B, (N), 4]` int32;
+        * `"levels"`: RaggedTensor `[B, (N)]` int32, 0 for base blocks;
+        * `"gates"`: RaggedTensor `[B, (N)]` float32, value 1, straight-through;
+        * `"split_probs"`: list of `[B, h_l, w_l]` soft split probabilities, one
+          per split level;
+        * `"expected_patches"`: `[B]` soft expected patch count;
+        * `"patch_fraction"`: `[B]` the same divided by the count of `min_size`
+          patches that would tile the image (the penalty's normalisation).
+
+    Example:
+
+    >>> images = np.random.rand(2, 128, 192, 3).astype("float32")
+    >>> complexity = ComplexityMap()(images)
+    >>> patches = DynamicPatcher(token_size=8)(images, complexity)
+    >>> patches["pixels"].shape
+    TensorShape([2, None, 8, 8, 3])
+    """
+
+    def __init__(
+        self,
+        base_size=64,
+        min_size=8,
+        thresholds=(0.01, 0.02, 0.04),
+        token_size=16,
+        rule="quadtree",
+        max_patches=None,
+        budget=None,
+        temperature=0.005,
+        trainable_thresholds=True,
+        validate=True,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(autocast=False, **kwargs)
+        for name, value in (("base_size", base_size), ("min_size", min_size), ("token_size", token_size)):
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two; got {value}.")
+        if min_size > base_size:
+            raise ValueError(f"min_size {min_size} exceeds base_size {base_size}.")
+        self.num_levels = int(np.log2(base_size // min_size)) + 1
+        if len(thresholds) != self.num_levels - 1:
+            raise ValueError(
+                f"thresholds needs {self.num_levels - 1} values (one per split level "
+                f"from {base_size} to {min_size} px); got {len(thresholds)}."
+            )
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}; got {rule!r}.")
+        if rule == "budget" and budget is None:
+            raise ValueError('rule="budget" needs `budget`, the patch count per image.')
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive; got {temperature}.")
+        self.base_size = base_size
+        self.min_size = min_size
+        self.initial_thresholds = tuple(float(t) for t in thresholds)
+        self.token_size = token_size
+        self.rule = rule
+        self.max_patches = max_patches
+        self.budget = budget
+        self.temperature = float(temperature)
+        self.trainable_thresholds = trainable_thresholds
+        self.validate = validate
+        self.sizes = [base_size >> level for level in range(self.num_levels)]
+
+    def build(self, images_shape=None, complexity_shape=None):
+        self.thresholds = self.add_weight(
+            name="thresholds",
+            shape=(self.num_levels - 1,),
+            initializer=keras.initializers.Constant(self.initial_thresholds),
+            constraint=keras.constraints.NonNeg(),
+            trainable=self.trainable_thresholds,
+        )
+
+    def call(self, images, complexity):
+        images = image_ops.prepare_images(images, self.base_size, self.validate)
+        complexity = self._check_complexity(images, complexity)
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        images, complexity = self._pad(images, height, width), self._pad(complexity, height, width)
+        means = self._node_means(complexity)
+        inside = [self._inside(mean, size, height, width) for mean, size in zip(means, self.sizes)]
+        scores = self._split_scores(means)
+        probs = [
+            tf.sigmoid((score - self.thresholds[level]) / self.temperature)
+            for level, score in enumerate(scores)
+        ]
+        splits = self._split_decisions(scores, inside, height, width)
+        leaves = self._leaves(splits, inside)
+        patches = self._merge_levels(images, leaves, self._gates(splits, probs), height, width)
+        expected = self._expected_patches(probs, inside)
+        patches.update(
+            split_probs=probs,
+            expected_patches=expected,
+            patch_fraction=expected / self._finest_count(height, width),
+        )
+        return patches
+
+    # -- inputs -------------------------------------------------------------
+
+    def _check_complexity(self, images, complexity):
+        complexity = tf.cast(tf.convert_to_tensor(complexity), tf.float32)
+        if complexity.shape.rank != 4 or complexity.shape[-1] != 1:
+            raise ValueError(
+                f"complexity must have shape [batch, height, width, 1]; got {complexity.shape}."
+            )
+        if not self.validate:
+            return complexity
+        same = tf.debugging.assert_equal(
+            tf.shape(complexity)[:3],
+            tf.shape(images)[:3],
+            message="complexity must have the batch, height and width of images",
+        )
+        with tf.control_dependencies([same]):
+            return tf.identity(complexity)
+
+    def _pad(self, tensor, height, width):
+        """Pad bottom and right (SYMMETRIC) to multiples of `base_size`."""
+        pad_h = -height % self.base_size
+        pad_w = -width % self.base_size
+        return tf.pad(tensor, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], "SYMMETRIC")
+
+    # -- decisions ----------------------------------------------------------
+
+    def _node_means(self, complexity):
+        """Mean complexity of every node, per level: `[B, Hp/s, Wp/s]`."""
+        finest = tf.nn.avg_pool2d(complexity, self.min_size, self.min_size, "VALID")
+        means = [finest]
+        for _ in range(self.num_levels - 1):
+            means.insert(0, tf.nn.avg_pool2d(means[0], 2, 2, "VALID"))
+        return [mean[..., 0] for mean in means]
+
+    @staticmethod
+    def _inside(grid, size, height, width):
+        """`[1, h, w]` bool: the node's top-left pixel lies in the unpadded image."""
+        rows = tf.range(tf.shape(grid)[1]) * size < height
+        cols = tf.range(tf.shape(grid)[2]) * size < width
+        return tf.logical_and(rows[:, None], cols[None, :])[None]
+
+    def _split_scores(self, means):
+        """The per-node statistic compared with each split level's threshold."""
+        if self.rule == "block":
+            return [_upsample(means[0], 2**level) for level in range(self.num_levels - 1)]
+        return means[: self.num_levels - 1]
+
+    def _split_decisions(self, scores, inside, height, width):
+        """Hard, tree-consistent split decisions per split level, `[B, h, w]` bool."""
+        if self.rule == "budget":
+            return self._select_by_priority(
+                scores, _budget_candidates(scores, inside), inside, self.budget, exact=True
+            )
+        wanted = [score > self.thresholds[level] for level, score in enumerate(scores)]
+        splits = _tree_consistent(wanted, inside)
+        if self.max_patches is None:
+            return splits
+        return self._select_by_priority(scores, splits, inside, self.max_patches, exact=False)
+
+    def _select_by_priority(self, scores, candidates, inside, max_count, exact):
+        """Keep the highest-priority candidate splits while the count stays <= max_count.
+
+        Priorities are the scores made monotone down the tree, and the stable sort
+        keeps a parent ahead of its children on ties, so every prefix is a tree.
+        """
+        priorities = [scores[0]]
+        for score in scores[1:]:
+            priorities.append(tf.minimum(score, _upsample(priorities[-1], 2)))
+        shapes = [tf.shape(p) for p in priorities]
+        batch = shapes[0][0]
+        flat_priority = tf.concat([tf.reshape(p, [batch, -1]) for p in priorities], 1)
+        flat_candidate = tf.concat([tf.reshape(c, [batch, -1]) for c in candidates], 1)
+        # A split adds its children that lie in the image, minus itself.
+        gains = tf.concat([tf.reshape(_children_inside(child) - 1, [1, -1]) for child in inside[1:]], 1)
+        flat_priority = tf.where(flat_candidate, flat_priority, -np.inf)
+        order = tf.argsort(flat_priority, axis=1, direction="DESCENDING", stable=True)
+        sorted_gain = tf.gather(tf.where(flat_candidate, gains, 0), order, batch_dims=1)
+        allowed = max_count - tf.reduce_prod(shapes[0][1:])
+        if exact:
+            allowed = self._checked_budget(allowed, tf.reduce_sum(sorted_gain, 1))
+        keep_sorted = tf.logical_and(
+            tf.cumsum(sorted_gain, axis=1) <= allowed,
+            tf.gather(flat_candidate, order, batch_dims=1),
+        )
+        keep = tf.gather(keep_sorted, tf.argsort(order, axis=1), batch_dims=1)
+        sizes = [tf.reduce_prod(shape[1:]) for shape in shapes]
+        return [
+            tf.reshape(part, shape) for part, shape in zip(tf.split(keep, sizes, axis=1), shapes)
+        ]
+
+    def _checked_budget(self, allowed, available):
+        checks = [
+            tf.debugging.assert_equal(
+                allowed % 3, 0,
+                message=f"budget {self.budget} minus the base block count must be a multiple of 3",
+            ),
+            tf.debugging.assert_greater_equal(
+                allowed, 0, message=f"budget {self.budget} is below the base block count"
+            ),
+            tf.debugging.assert_less_equal(
+                allowed, tf.reduce_min(available),
+                message=f"budget {self.budget} exceeds what the image can be split into",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(allowed)
+
+    def _leaves(self, splits, inside):
+        """Leaf masks per level, `[B, h, w]` bool, patches in the image only."""
+        leaves, exists = [], tf.ones_like(splits[0])
+        for level, split in enumerate(splits):
+            leaves.append(exists & ~split & inside[level])
+            exists = _upsample(split, 2)
+        leaves.append(exists & inside[-1])
+        return leaves
+
+    def _gates(self, splits, probs):
+        """Straight-through gates per level: value 1 on leaves, gradient of soft splits."""
+        gates, ancestors = [], tf.ones_like(probs[0])
+        for split, prob in zip(splits, probs):
+            straight = tf.cast(split, tf.float32) + (prob - tf.stop_gradient(prob))
+            gates.append(ancestors * (1.0 - straight))
+            ancestors = _upsample(ancestors * straight, 2)
+        gates.append(ancestors)
+        return gates
+
+    def _expected_patches(self, probs, inside):
+        """Soft expected patch count per image: sum of leaf probabilities down the tree."""
+        total, exists = 0.0, tf.ones_like(probs[0])
+        for level, prob in enumerate(probs):
+            total += _masked_sum(exists * (1.0 - prob), inside[level])
+            exists = _upsample(exists * prob, 2)
+        return total + _masked_sum(exists, inside[-1])
+
+    def _finest_count(self, height, width):
+        cells = tf.math.ceil(tf.cast(height, tf.float32) / self.min_size) * tf.math.ceil(
+            tf.cast(width, tf.float32) / self.min_size
+        )
+        return cells
+
+    # -- patches ------------------------------------------------------------
+
+    def _merge_levels(self, images, leaves, gates, height, width):
+        """Cut, resample and order the leaves of all levels into ragged tensors."""
+        batch = tf.shape(images, out_type=tf.int64)[0]
+        parts = [
+            self._level_patches(images, leaf, gate, level, height, width)
+            for level, (leaf, gate) in enumerate(zip(leaves, gates))
+        ]
+        merged = {key: tf.concat([part[key] for part in parts], 0) for key in parts[0]}
+        order = tf.argsort(merged.pop("key"), stable=True)
+        merged = {key: tf.gather(value, order) for key, value in merged.items()}
+        rows = merged.pop("image")
+        return {
+            key: tf.RaggedTensor.from_value_rowids(value, rows, nrows=batch, validate=False)
+            for key, value in merged.items()
+        }
+
+    def _level_patches(self, images, leaf, gate, level, height, width):
+        size = self.sizes[level]
+        index = tf.where(leaf)
+        image, row, col = index[:, 0], index[:, 1], index[:, 2]
+        pixels = self._resample(tf.gather_nd(_blocks(images, size), index))
+        y0, x0 = tf.cast(row, tf.int32) * size, tf.cast(col, tf.int32) * size
+        boxes = tf.stack([y0, x0, tf.minimum(y0 + size, height), tf.minimum(x0 + size, width)], 1)
+        return {
+            "pixels": pixels,
+            "boxes": boxes,
+            "levels": tf.fill(tf.shape(row), level),
+            "gates": tf.gather_nd(gate, index),
+            "image": image,
+            "key": self._order_key(images, image, row, col, level),
+        }
+
+    def _order_key(self, images, image, row, col, level):
+        """Sort key: image, base block in raster order, then Morton code inside it."""
+        per_block = 2**level
+        blocks_wide = tf.cast(tf.shape(images)[2] // self.base_size, tf.int64)
+        blocks_high = tf.cast(tf.shape(images)[1] // self.base_size, tf.int64)
+        block = (row // per_block) * blocks_wide + col // per_block
+        scale = 2 ** (self.num_levels - 1 - level)
+        morton = _interleave((row % per_block) * scale, (col % per_block) * scale, self.num_levels - 1)
+        cells = 4 ** (self.num_levels - 1)
+        return (image * blocks_high * blocks_wide + block) * cells + morton
+
+    def _resample(self, patches):
+        """`[n, s, s, C]` -> `[n, P, P, C]`: area mean when shrinking, bilinear when enlarging."""
+        size, token = patches.shape[1], self.token_size
+        if size == token:
+            return patches
+        if size < token:
+            return tf.image.resize(patches, (token, token), method="bilinear")
+        factor = size // token
+        channels = patches.shape[-1]
+        grouped = tf.reshape(patches, [-1, token, factor, token, factor, channels])
+        return tf.reduce_mean(grouped, axis=[2, 4])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "base_size": self.base_size,
+                "min_size": self.min_size,
+                "thresholds": list(self.initial_thresholds),
+                "token_size": self.token_size,
+                "rule": self.rule,
+                "max_patches": self.max_patches,
+                "budget": self.budget,
+                "temperature": self.temperature,
+                "trainable_thresholds": self.trainable_thresholds,
+                "validate": self.validate,
+            }
+        )
+        return config
+
+
+def _upsample(grid, factor):
+    """Repeat every cell of `[B, h, w]` into a `factor` x `factor` square."""
+    return tf.repeat(tf.repeat(grid, factor, axis=1), factor, axis=2)
+
+
+def _tree_consistent(wanted, inside):
+    """A node splits only if it is wanted, lies in the image, and its parent split."""
+    splits, exists = [], None
+    for level, want in enumerate(wanted):
+        split = want & inside[level]
+        if exists is not None:
+            split &= exists
+        splits.append(split)
+        exists = _upsample(split, 2)
+    return splits
+
+
+def _budget_candidates(scores, inside):
+    """Nodes whose four children lie in the image, and whose ancestors' do too."""
+    full = [
+        (_children_inside(child) == 4) & tf.ones_like(score, tf.bool)
+        for score, child in zip(scores, inside[1:])
+    ]
+    return _tree_consistent(full, inside)
+
+
+def _children_inside(inside):
+    """`[1, 2h, 2w]` bool -> `[1, h, w]` int32: how many of each parent's four children lie inside."""
+    pooled = tf.nn.avg_pool2d(tf.cast(inside, tf.float32)[..., None], 2, 2, "VALID")
+    return tf.cast(tf.round(pooled[..., 0] * 4), tf.int32)
+
+
+def _blocks(images, size):
+    """`[B, H, W, C]` -> `[B, H/size, W/size, size, size, C]`."""
+    shape = tf.shape(images)
+    channels = images.shape[-1]
+    blocks = tf.reshape(images, [shape[0], shape[1] // size, size, shape[2] // size, size, channels])
+    return tf.transpose(blocks, [0, 1, 3, 2, 4, 5])
+
+
+def _interleave(rows, cols, bits):
+    """Morton code: bits of `rows` and `cols` interleaved (row bit above col bit)."""
+    code = tf.zeros_like(rows)
+    for bit in range(bits):
+        code += (rows // 2**bit % 2) * 2 ** (2 * bit + 1) + (cols // 2**bit % 2) * 2 ** (2 * bit)
+    return code
+
+
+def _masked_sum(values, mask):
+    return tf.reduce_sum(tf.where(mask, values, 0.0), axis=[1, 2])

@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def photo(name):
+    """A real photograph that ships with scikit-image, as uint8 [H, W, C]."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    return image[..., None] if image.ndim == 2 else image
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

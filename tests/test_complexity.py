@@ -1,0 +1,86 @@
+import keras
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import tensorflow as tf
+
+from dynpatch_tf import ComplexityMap
+from tests.conftest import photo
+
+BT601 = np.array([0.299, 0.587, 0.114])
+
+
+def reference(image_uint8, sigma):
+    """sigma^2 |LoG| of the BT.601 luminance, by SciPy in float64."""
+    gray = image_uint8.astype(np.float64) / 255.0
+    gray = gray @ BT601 if gray.shape[-1] == 3 else gray[..., 0]
+    return np.abs(ndi.gaussian_laplace(gray, sigma, mode="reflect")) * sigma**2
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera", "brick", "coffee", "hubble_deep_field"])
+@pytest.mark.parametrize("sigma", [1.0, 2.5])
+def test_matches_scipy_on_real_photos(name, sigma):
+    image = photo(name)
+    out = ComplexityMap(sigma=sigma)(image[None]).numpy()[0, ..., 0]
+    expected = reference(image, sigma)
+    assert out.shape == expected.shape
+    assert np.abs(out - expected).max() <= 1e-5
+    # Borders are where the padding rule shows; check them on their own too.
+    border = np.ones_like(expected, bool)
+    border[8:-8, 8:-8] = False
+    assert np.abs(out - expected)[border].max() <= 1e-5
+
+
+def test_several_sigmas_take_the_maximum():
+    image = photo("camera")[:128, :160]
+    out = ComplexityMap(sigma=[1.0, 2.0])(image[None]).numpy()[0, ..., 0]
+    expected = np.maximum(reference(image, 1.0), reference(image, 2.0))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_uint8_and_unit_float_agree(rng):
+    image = rng.integers(0, 256, (1, 70, 90, 3), dtype=np.uint8)
+    layer = ComplexityMap()
+    np.testing.assert_allclose(
+        layer(image).numpy(), layer(image.astype("float32") / 255.0).numpy(), atol=1e-6
+    )
+
+
+def test_unknown_shapes_in_tf_function(rng):
+    layer = ComplexityMap()
+    fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    for shape in [(1, 64, 64, 3), (2, 80, 100, 3)]:
+        images = rng.random(shape).astype("float32")
+        np.testing.assert_allclose(fn(images).numpy(), layer(images).numpy(), atol=1e-7)
+
+
+def test_float32_under_mixed_policy(rng):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        out = ComplexityMap()(rng.random((1, 64, 64, 3)).astype("float32"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out.dtype == tf.float32
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((64, 64, 3), "rank 4"), ((1, 64, 64, 2), "1 or 3 channels"), ((1, 64, 64, 4), "1 or 3 channels")],
+)
+def test_bad_shapes_are_named(shape, message):
+    with pytest.raises(ValueError, match=message):
+        ComplexityMap()(np.zeros(shape, "float32"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values_are_named(bad):
+    images = np.zeros((1, 64, 64, 3), "float32")
+    images[0, 5, 5, 1] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        ComplexityMap()(images)
+
+
+def test_config_round_trip():
+    layer = ComplexityMap(sigma=[1.0, 2.0], validate=False)
+    clone = ComplexityMap.from_config(layer.get_config())
+    assert clone.sigmas == (1.0, 2.0) and clone.validate is False
