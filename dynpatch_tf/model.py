@@ -42,6 +42,8 @@ class DynamicPatchModel(keras.Model):
         num_classes: classes of the Dense head; None for an embedding model.
         thresholds: the patcher's initial thresholds, one per split level.
         trainable_thresholds: whether training moves the thresholds.
+        threshold_rate: how fast training moves the thresholds (see
+            `DynamicPatcher`).
         penalty_weight: weight of the subdivision penalty (0 turns it off).
         token_size: side every patch is resampled to.
         embed_dim: size of the patch embeddings.
@@ -81,6 +83,7 @@ class DynamicPatchModel(keras.Model):
         num_classes=None,
         thresholds=DEFAULT_THRESHOLDS,
         trainable_thresholds=True,
+        threshold_rate=10.0,
         penalty_weight=0.0,
         token_size=16,
         embed_dim=64,
@@ -116,6 +119,7 @@ class DynamicPatchModel(keras.Model):
             budget=budget,
             temperature=temperature,
             trainable_thresholds=trainable_thresholds,
+            threshold_rate=threshold_rate,
             validate=False,
             name="patcher",
         )
@@ -201,7 +205,7 @@ class DynamicPatchModel(keras.Model):
 
     @property
     def thresholds(self):
-        """The patcher's threshold weight, one value per split level."""
+        """The patcher's current thresholds, one value per split level."""
         return self.patcher.thresholds
 
     def get_config(self):
@@ -213,6 +217,7 @@ class DynamicPatchModel(keras.Model):
                 "num_classes": self.num_classes,
                 "thresholds": patcher["thresholds"],
                 "trainable_thresholds": patcher["trainable_thresholds"],
+                "threshold_rate": patcher["threshold_rate"],
                 "penalty_weight": self.penalty_weight,
                 "token_size": self.token_size,
                 "embed_dim": self.embed_dim,

@@ -49,8 +49,12 @@ class DynamicPatcher(keras.layers.Layer):
     exactly. Pixels of a patch that straddles the border come from the padded
     image.
 
-    Learnable subdivision: `thresholds` is a weight (trainable unless
-    `trainable_thresholds=False`, non-negative). Split decisions are hard; the soft
+    Learnable subdivision: the thresholds are a weight (trainable unless
+    `trainable_thresholds=False`). Adam moves a weight by about its learning rate
+    per step whatever the gradient's size, and thresholds live on a scale of 0.01,
+    so the weight is `log(threshold) / threshold_rate`: thresholds stay positive
+    and one step moves them by about `threshold_rate * learning_rate` of their
+    value (1% at the default rate and a learning rate of 1e-3). Split decisions are hard; the soft
     probability `sigmoid((mean - threshold) / temperature)` of every node carries
     the gradient by a straight-through estimator: `gates` is, for each patch, the
     product of its ancestors' split indicators and its own no-split indicator,
@@ -71,6 +75,7 @@ class DynamicPatcher(keras.layers.Layer):
         budget: the exact patch count per image for `rule="budget"`.
         temperature: softness of the split probabilities, on the complexity scale.
         trainable_thresholds: whether the thresholds are trained.
+        threshold_rate: how fast training moves the thresholds (see above).
         validate: check image values (NaN, Inf) and sizes when the graph runs.
         **kwargs: base `Layer` arguments.
 
@@ -111,6 +116,7 @@ class DynamicPatcher(keras.layers.Layer):
         budget=None,
         temperature=0.005,
         trainable_thresholds=True,
+        threshold_rate=10.0,
         validate=True,
         **kwargs,
     ):
@@ -131,6 +137,8 @@ class DynamicPatcher(keras.layers.Layer):
             raise ValueError(f"rule must be one of {RULES}; got {rule!r}.")
         if rule == "budget" and budget is None:
             raise ValueError('rule="budget" needs `budget`, the patch count per image.')
+        if min(thresholds) <= 0:
+            raise ValueError(f"thresholds must be positive; got {tuple(thresholds)}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive; got {temperature}.")
         self.base_size = base_size
@@ -142,17 +150,24 @@ class DynamicPatcher(keras.layers.Layer):
         self.budget = budget
         self.temperature = float(temperature)
         self.trainable_thresholds = trainable_thresholds
+        self.threshold_rate = float(threshold_rate)
         self.validate = validate
         self.sizes = [base_size >> level for level in range(self.num_levels)]
 
     def build(self, images_shape=None, complexity_shape=None):
-        self.thresholds = self.add_weight(
-            name="thresholds",
+        self.log_thresholds = self.add_weight(
+            name="log_thresholds",
             shape=(self.num_levels - 1,),
-            initializer=keras.initializers.Constant(self.initial_thresholds),
-            constraint=keras.constraints.NonNeg(),
+            initializer=keras.initializers.Constant(
+                np.log(self.initial_thresholds) / self.threshold_rate
+            ),
             trainable=self.trainable_thresholds,
         )
+
+    @property
+    def thresholds(self):
+        """The current thresholds, `[num_levels - 1]` float32."""
+        return tf.exp(self.log_thresholds * self.threshold_rate)
 
     def call(self, images, complexity):
         images = image_ops.prepare_images(images, self.base_size, self.validate)
@@ -162,11 +177,12 @@ class DynamicPatcher(keras.layers.Layer):
         means = self._node_means(complexity)
         inside = [self._inside(mean, size, height, width) for mean, size in zip(means, self.sizes)]
         scores = self._split_scores(means)
+        thresholds = self.thresholds
         probs = [
-            tf.sigmoid((score - self.thresholds[level]) / self.temperature)
+            tf.sigmoid((score - thresholds[level]) / self.temperature)
             for level, score in enumerate(scores)
         ]
-        splits = self._split_decisions(scores, inside, height, width)
+        splits = self._split_decisions(scores, thresholds, inside)
         leaves = self._leaves(splits, inside)
         patches = self._merge_levels(images, leaves, self._gates(splits, probs), height, width)
         expected = self._expected_patches(probs, inside)
@@ -224,13 +240,13 @@ class DynamicPatcher(keras.layers.Layer):
             return [_upsample(means[0], 2**level) for level in range(self.num_levels - 1)]
         return means[: self.num_levels - 1]
 
-    def _split_decisions(self, scores, inside, height, width):
+    def _split_decisions(self, scores, thresholds, inside):
         """Hard, tree-consistent split decisions per split level, `[B, h, w]` bool."""
         if self.rule == "budget":
             return self._select_by_priority(
                 scores, _budget_candidates(scores, inside), inside, self.budget, exact=True
             )
-        wanted = [score > self.thresholds[level] for level, score in enumerate(scores)]
+        wanted = [score > thresholds[level] for level, score in enumerate(scores)]
         splits = _tree_consistent(wanted, inside)
         if self.max_patches is None:
             return splits
@@ -354,13 +370,16 @@ class DynamicPatcher(keras.layers.Layer):
     def _order_key(self, images, image, row, col, level):
         """Sort key: image, base block in raster order, then Morton code inside it."""
         per_block = 2**level
-        blocks_wide = tf.cast(tf.shape(images)[2] // self.base_size, tf.int64)
-        blocks_high = tf.cast(tf.shape(images)[1] // self.base_size, tf.int64)
+        # Divide in int32: TFLite's FLOOR_DIV has no int64 kernel.
+        row, col = tf.cast(row, tf.int32), tf.cast(col, tf.int32)
+        blocks_wide = tf.shape(images)[2] // self.base_size
+        blocks_high = tf.shape(images)[1] // self.base_size
         block = (row // per_block) * blocks_wide + col // per_block
         scale = 2 ** (self.num_levels - 1 - level)
         morton = _interleave((row % per_block) * scale, (col % per_block) * scale, self.num_levels - 1)
         cells = 4 ** (self.num_levels - 1)
-        return (image * blocks_high * blocks_wide + block) * cells + morton
+        per_image = tf.cast(blocks_high * blocks_wide * cells, tf.int64)
+        return image * per_image + tf.cast(block * cells + morton, tf.int64)
 
     def _resample(self, patches):
         """`[n, s, s, C]` -> `[n, P, P, C]`: area mean when shrinking, bilinear when enlarging."""
@@ -387,6 +406,7 @@ class DynamicPatcher(keras.layers.Layer):
                 "budget": self.budget,
                 "temperature": self.temperature,
                 "trainable_thresholds": self.trainable_thresholds,
+                "threshold_rate": self.threshold_rate,
                 "validate": self.validate,
             }
         )

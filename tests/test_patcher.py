@@ -80,7 +80,7 @@ def test_raising_a_threshold_never_raises_the_count():
     complexity = ComplexityMap()(images)
     for level in range(3):
         counts = []
-        for value in np.linspace(0.0, 0.08, 9):
+        for value in np.linspace(0.001, 0.08, 9):
             thresholds = [0.02, 0.02, 0.02]
             thresholds[level] = value
             out = patch(images, complexity, thresholds=thresholds)
@@ -219,10 +219,10 @@ def test_gates_are_one_and_carry_gradient_to_thresholds():
         expected = tf.reduce_sum(out["expected_patches"])
     np.testing.assert_array_equal(out["gates"].flat_values.numpy(), 1.0)
     for target in (gated, expected):
-        grad = tape.gradient(target, layer.thresholds).numpy()
+        grad = tape.gradient(target, layer.log_thresholds).numpy()
         assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
     # Raising thresholds lowers the expected count.
-    assert (tape.gradient(expected, layer.thresholds).numpy() <= 0).all()
+    assert (tape.gradient(expected, layer.log_thresholds).numpy() <= 0).all()
 
 
 def test_expected_patches_follow_the_hard_count_at_low_temperature():
@@ -288,6 +288,7 @@ def test_mismatched_complexity_is_named():
         ({"rule": "grid"}, "rule must be one of"),
         ({"rule": "budget"}, "needs `budget`"),
         ({"token_size": 12}, "power of two"),
+        ({"thresholds": (0.1, 0.0, 0.2)}, "must be positive"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
