@@ -6,10 +6,8 @@ import tensorflow as tf
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.complexity import ComplexityMap
 from dynpatch_tf.embedder import PatchEmbedder
-from dynpatch_tf.patcher import DynamicPatcher
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
 from dynpatch_tf.position import PatchPositionEncoding
-
-DEFAULT_THRESHOLDS = (0.01, 0.02, 0.04)
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")

@@ -7,6 +7,9 @@ import tensorflow as tf
 from dynpatch_tf import images as image_ops
 
 RULES = ("quadtree", "block", "budget")
+# Chosen on the needles task (docs/benchmarks.md, "Defaults"): objects of 8-24 px
+# raise 64 px block means to 0.001-0.004 over a smooth background's 0.0004.
+DEFAULT_THRESHOLDS = (0.002, 0.004, 0.008)
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
@@ -109,7 +112,7 @@ class DynamicPatcher(keras.layers.Layer):
         self,
         base_size=64,
         min_size=8,
-        thresholds=(0.01, 0.02, 0.04),
+        thresholds=DEFAULT_THRESHOLDS,
         token_size=16,
         rule="quadtree",
         max_patches=None,
