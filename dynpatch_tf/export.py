@@ -204,11 +204,8 @@ def export_tflite(model, path, image_size=(512, 512), quantization=None):
     outputs are those of `serving_outputs` with `M` = the image's patch count,
     so `patch_embeddings`, `boxes` and `patch_mask` have a dynamic length.
 
-    The `quadtree` and `block` rules convert. The `budget` rule and a
-    `max_patches` cap do not: their priority selection splits a bool tensor
-    (`tf.split` -> `SplitV`), which has no builtin TFLite kernel, and the
-    converter raises a `ConverterError` naming `SplitV` rather than add select
-    TF ops. The converter drops the runtime image checks (`tf.debugging.Assert`
+    All rules convert, and so does a `max_patches` cap; the `budget` rule gives
+    a fixed patch count, so its patch outputs have a fixed length. The converter drops the runtime image checks (`tf.debugging.Assert`
     and the `assert_*` ops) without error: LiteRT does not reject NaN or Inf
     pixels, it returns NaN.
 

@@ -282,9 +282,9 @@ class DynamicPatcher(keras.layers.Layer):
         )
         keep = tf.gather(keep_sorted, tf.argsort(order, axis=1), batch_dims=1)
         sizes = [tf.reduce_prod(shape[1:]) for shape in shapes]
-        return [
-            tf.reshape(part, shape) for part, shape in zip(tf.split(keep, sizes, axis=1), shapes)
-        ]
+        # Split as int32: TFLite has no bool kernel for SplitV.
+        parts = tf.split(tf.cast(keep, tf.int32), sizes, axis=1)
+        return [tf.reshape(part, shape) > 0 for part, shape in zip(parts, shapes)]
 
     def _checked_budget(self, allowed, available):
         checks = [

@@ -315,6 +315,16 @@ def test_keras_saved_model_and_litert_agree(loaded, tflite_files, expected):
         )
 
 
+def test_budget_rule_converts_with_a_fixed_patch_count(tmp_path):
+    """The dense variant: `budget` (and `max_patches`, the same selection) convert too."""
+    model = tiny_model(num_classes=3, rule="budget", budget=12 + 3 * 20)
+    image = photos(NON_SQUARE)[:1]
+    path = export.export_tflite(model, str(tmp_path / "budget.tflite"), image_size=NON_SQUARE)
+    outputs = run_litert(path, image[0])
+    assert_matches(outputs, keras_outputs(model, image))
+    assert outputs["patch_mask"].shape == (1, 72) and outputs["patch_mask"].all()
+
+
 def test_litert_has_no_runtime_image_checks(tflite_files):
     """The converter drops `tf.debugging.Assert`: NaN pixels give NaN, not an error."""
     image = np.full(NON_SQUARE + (3,), np.nan, "float32")
