@@ -1,0 +1,253 @@
+"""The `dynpatch` command line, end to end on a tiny needles set.
+
+One training run serves every test (module fixture `run`): started as a
+subprocess, killed with SIGKILL once its first epoch is backed up, then run
+again in-process with the same arguments, which must resume. Its model then
+goes through `evaluate`, `embed` and `visualize`.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dynpatch_tf import make_needles
+from dynpatch_tf.cli import main
+
+SIZE = 128
+EPOCHS = 3
+TINY_TRAINING = [
+    "--needles", "12", "--image-size", str(SIZE), "--classes", "2", "--batch-size", "4",
+    "--validation-split", "0.25", "--epochs", str(EPOCHS),
+    "--thresholds", "0.001", "0.002", "0.004",
+    "--token-size", "8", "--embed-dim", "16", "--width-multiplier", "0.25",
+    "--attention-filters", "4",
+]
+# Evaluation images: other seed than training's, same size and classes.
+EVALUATION_DATA = ["--needles", "8", "--image-size", str(SIZE), "--classes", "2",
+                   "--batch-size", "4", "--seed", "5"]
+GAP = 8
+
+
+def run_main(argv):
+    """`main(argv)` with its stdout captured: `(status, stdout)`."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(argv)
+    return status, stdout.getvalue()
+
+
+def backed_up_epoch(output):
+    """The last epoch in `output/backup`, or None while there is none."""
+    try:
+        metadata = json.loads((output / "backup" / "training_metadata.json").read_text())
+        return metadata["epoch"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def epochs_announced(text):
+    """The epoch numbers of the `Epoch N/M` lines Keras printed."""
+    return [int(n) for n in re.findall(rf"^Epoch (\d+)/{EPOCHS}$", text, flags=re.M)]
+
+
+def read_history(output):
+    return json.loads((output / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A training run killed after its first epoch, then resumed in-process."""
+    output = tmp_path_factory.mktemp("run")
+    command = [sys.executable, "-m", "dynpatch_tf.cli", "train", *TINY_TRAINING,
+               "--output", str(output)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    deadline = time.monotonic() + 300
+    while backed_up_epoch(output) is None:
+        assert process.poll() is None, f"the run ended first:\n{process.communicate()[0]}"
+        assert time.monotonic() < deadline, "no epoch finished in 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    killed_log = process.communicate()[0]
+    assert process.returncode == -signal.SIGKILL, f"the run ended by itself:\n{killed_log}"
+    killed = types.SimpleNamespace(
+        log=killed_log, epoch=backed_up_epoch(output), history=read_history(output)
+    )
+    status, resumed_log = run_main(["train", *TINY_TRAINING, "--output", str(output)])
+    assert status == 0, resumed_log
+    return types.SimpleNamespace(output=output, model=str(output / "model.keras"),
+                                 killed=killed, resumed_log=resumed_log)
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return keras.models.load_model(run.model)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Three needles PNGs, a corrupt file and an image too small for the model."""
+    folder = tmp_path_factory.mktemp("images")
+    images, _ = make_needles(3, image_size=(SIZE, SIZE + 64), num_classes=2, seed=7)
+    for index, image in enumerate(images):
+        tf.io.write_file(str(folder / f"needles_{index}.png"), tf.io.encode_png(image))
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    tf.io.write_file(str(folder / "small.png"), tf.io.encode_png(images[0][:32, :48]))
+    return folder, images
+
+
+def test_killed_training_resumes_after_its_last_epoch(run):
+    assert run.killed.epoch >= 1
+    assert epochs_announced(run.killed.log)[0] == 1
+    assert "Resuming the interrupted run" in run.resumed_log
+    assert epochs_announced(run.resumed_log) == list(range(run.killed.epoch + 1, EPOCHS + 1))
+    history = read_history(run.output)
+    assert [record["epoch"] for record in history] == list(range(1, EPOCHS + 1))
+    # The epochs of the killed run are kept as they were, not trained again.
+    assert history[:run.killed.epoch] == run.killed.history[:run.killed.epoch]
+    assert {"loss", "accuracy", "patches", "val_accuracy"} <= set(history[-1])
+    checkpoints = sorted(os.listdir(run.output / "checkpoints"))
+    assert checkpoints == [f"epoch-{epoch:03d}.keras" for epoch in range(1, EPOCHS + 1)]
+    assert os.path.isfile(run.model)
+    assert not os.path.exists(run.output / "backup"), "a finished run drops its backup"
+
+
+def test_evaluate_prints_accuracy_loss_and_patch_counts(run, model):
+    status, log = run_main(["evaluate", "--model", run.model, *EVALUATION_DATA])
+    assert status == 0
+    accuracy = float(re.search(r"^accuracy: ([\d.]+)$", log, re.M).group(1))
+    assert 0 <= accuracy <= 1
+    assert float(re.search(r"^loss: ([\d.]+)$", log, re.M).group(1)) > 0
+    mean, p95, most = re.search(
+        r"^patches per image: mean ([\d.]+), p95 (\d+), max (\d+)$", log, re.M).groups()
+    images, _ = make_needles(8, image_size=SIZE, num_classes=2, seed=5)
+    counts = model.embed(images)["boxes"].row_lengths().numpy()
+    assert float(mean) == pytest.approx(counts.mean(), abs=0.05)
+    assert int(most) == counts.max()
+    assert counts.min() <= int(p95) <= counts.max()
+    assert counts.max() > (SIZE // 64) ** 2, "the needles objects should be split"
+
+
+def test_embed_skips_bad_files_and_writes_the_others(run, model, image_folder, tmp_path, capsys):
+    folder, images = image_folder
+    output = tmp_path / "embedded"
+    status, log = run_main(["embed", "--model", run.model, str(folder), "--output", str(output)])
+    assert status == 0
+    errors = capsys.readouterr().err
+    assert re.search(rf"Skipped {re.escape(str(folder / 'corrupt.png'))}: \S", errors)
+    assert re.search(rf"Skipped {re.escape(str(folder / 'small.png'))}: too small: 32x48", errors)
+    embeddings = np.load(output / "embeddings.npy")
+    with open(output / "embeddings.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["path"] for row in rows] == [str(folder / f"needles_{i}.png") for i in range(3)]
+    expected = model.embed(images.astype(np.float32) / 255)
+    np.testing.assert_allclose(embeddings, expected["pooled_embedding"], rtol=1e-4, atol=1e-5)
+    assert [int(row["num_patches"]) for row in rows] == list(expected["boxes"].row_lengths())
+
+
+def test_visualize_draws_a_picture_per_image(run, image_folder, tmp_path):
+    folder, images = image_folder
+    output = tmp_path / "pictures"
+    status, _ = run_main(["visualize", "--model", run.model, str(folder), "--output", str(output)])
+    assert status == 0
+    assert sorted(os.listdir(output)) == [f"needles_{i}.png" for i in range(3)]
+    height, width = images.shape[1:3]
+    for index, image in enumerate(images):
+        picture = tf.io.decode_png(tf.io.read_file(str(output / f"needles_{index}.png"))).numpy()
+        assert picture.shape == (height, 3 * width + 2 * GAP, 3)
+        boxes_panel = picture[:, :width]
+        changed = np.any(boxes_panel != image, axis=-1)
+        assert 0.05 < changed.mean() < 0.9, "box outlines cover part of the image"
+        assert changed[0].all() and changed[:, 0].all(), "the border is an outline"
+        for panel in (picture[:, width + GAP:2 * width + GAP], picture[:, -width:]):
+            assert panel.std() > 5, "complexity and attention panels are not blank"
+
+
+def test_visualize_without_a_model_says_so(image_folder, tmp_path):
+    folder, _ = image_folder
+    output = tmp_path / "pictures"
+    status, log = run_main(["visualize", str(folder / "needles_0.png"), "--output", str(output)])
+    assert status == 0
+    assert "untrained" in log
+    assert os.listdir(output) == ["needles_0.png"]
+
+
+@pytest.mark.parametrize("options, called", [
+    (["--format", "saved_model", "--version", "3"],
+     ("export_saved_model", ("BASE", "demo"), {"version": 3})),
+    (["--format", "tflite", "--image-size", "128", "192", "--quantization", "float16"],
+     ("export_tflite", (os.path.join("BASE", "demo.tflite"),),
+      {"image_size": (128, 192), "quantization": "float16"})),
+])
+def test_export_calls_the_export_module(run, monkeypatch, tmp_path, options, called):
+    from dynpatch_tf import export
+
+    calls = []
+
+    def recorder(name):
+        def record(model, *args, **kwargs):
+            calls.append((name, model, args, kwargs))
+            return "PATH"
+        return record
+
+    for name in ("export_saved_model", "export_tflite"):
+        monkeypatch.setattr(export, name, recorder(name))
+    base = str(tmp_path)
+    status, log = run_main(["export", "--model", run.model, "--output", base, "--name", "demo",
+                            *options])
+    assert status == 0 and "Exported to PATH" in log
+    (name, model, args, kwargs), = calls
+    expected_name, expected_args, expected_kwargs = called
+    assert name == expected_name
+    assert model.num_classes == 2
+    assert args == tuple(arg.replace("BASE", base) for arg in expected_args)
+    assert kwargs == expected_kwargs
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--model", "missing.keras", "--needles", "4"], "no model file 'missing.keras'"),
+    (["train", "--needles", "8", "--validation-split", "1.5", "--output", "x"],
+     "--validation-split must be in"),
+    (["export", "--model", "m.keras", "--format", "tflite", "--output", "x", "--name", "n",
+      "--version", "2"], "--version is for --format saved_model"),
+    (["embed", "--model", "m.keras", "no/such/file.png", "--output", "x"],
+     "neither a file nor a folder"),
+])
+def test_bad_input_is_reported_by_name(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.keras").write_bytes(b"")
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"dynpatch {argv[0]}: error: ") and message in error
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "embed", "visualize", "export", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: dynpatch {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--output", "x"], "one of the arguments --data --needles is required"),
+    (["train", "--needles", "8", "--classes", "9", "--output", "x"], "--classes: invalid choice"),
+])
+def test_argument_errors_exit_with_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
