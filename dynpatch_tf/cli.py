@@ -252,7 +252,7 @@ def _train(args):
     if not 0 <= args.validation_split < 1:
         raise CommandError(f"--validation-split must be in [0, 1), got {args.validation_split}.")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise CommandError("--tensorboard needs the tensorboard package: pip install tensorboard")
+        raise CommandError('--tensorboard needs the tensorboard package: pip install "dynpatch_tf[tensorboard]"')
     training, validation, class_names = _load_datasets(args, args.validation_split)
     keras.utils.set_random_seed(args.seed)
     model = DynamicPatchModel(

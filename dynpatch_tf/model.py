@@ -106,7 +106,6 @@ class DynamicPatchModel(keras.Model):
         self.embed_dim = embed_dim
         self.position_encoding = position_encoding
         self.complexity = ComplexityMap(sigma=sigma, validate=validate, name="complexity")
-        # The complexity map has checked the same images already.
         self.patcher = DynamicPatcher(
             base_size=base_size,
             min_size=min_size,
@@ -118,7 +117,7 @@ class DynamicPatchModel(keras.Model):
             temperature=temperature,
             trainable_thresholds=trainable_thresholds,
             threshold_rate=threshold_rate,
-            validate=False,
+            validate=validate,
             name="patcher",
         )
         self.attention = PatchAttention(filters=attention_filters, activation=attention, name="attention")
