@@ -167,3 +167,13 @@ def test_config_round_trip():
     model = DynamicPatchModel(num_classes=5, rule="budget", budget=7, penalty_weight=0.5, **TINY)
     clone = DynamicPatchModel.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
+
+
+def test_too_small_images_are_named_inside_tf_function():
+    model = DynamicPatchModel(num_classes=2, **TINY)
+    embed = tf.function(
+        lambda x: model.embed(x)["pooled_embedding"],
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 64"):
+        embed(np.zeros((1, 32, 40, 3), "float32"))
