@@ -32,9 +32,13 @@ def laplacian_of_gaussian(gray, sigma, truncate=TRUNCATE):
     """`scipy.ndimage.gaussian_laplace(gray, sigma, mode="reflect")` in TensorFlow.
 
     The Laplacian is `d2/dy2 (G * f) + d2/dx2 (G * f)`, computed separably: the
-    image is padded once with SYMMETRIC padding (SciPy's `reflect`), filtered along
-    x with both kernels (two channels), then along y with the other kernel of each
-    pair, and the two channels summed. Padding a border of `r` needs `H, W >= r`.
+    image is padded once with SYMMETRIC padding (SciPy's `reflect`), filtered
+    along x with the smoothing and the second-derivative kernel, then each
+    result along y with the other kernel, and the two summed. Each 1-D filter
+    is a weighted sum of shifted slices: elementwise ops only, which run about
+    twice as fast on the CPU as a convolution with one input channel, and
+    convert to any backend (TFLite, XLA). Padding a border of `r` needs
+    `H, W >= r`.
 
     Args:
         gray: `[B, H, W, 1]` float32.
@@ -46,16 +50,24 @@ def laplacian_of_gaussian(gray, sigma, truncate=TRUNCATE):
     """
     smooth, second = gaussian_kernels(sigma, truncate)
     radius = len(smooth) // 2
+    height, width = tf.shape(gray)[1], tf.shape(gray)[2]
     padded = tf.pad(gray, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "SYMMETRIC")
-    # Along x: channel 0 gets the second derivative, channel 1 the smoothing kernel.
-    x_kernels = np.stack([second, smooth], axis=-1)[None, :, None, :]
-    along_x = tf.nn.conv2d(padded, tf.constant(x_kernels, tf.float32), 1, "VALID")
-    # Along y: channel 0 (d2/dx2) is smoothed, channel 1 (smoothed in x) is derived twice.
-    y_kernels = np.stack([smooth, second], axis=-1)[:, None, :, None]
-    along_y = tf.nn.depthwise_conv2d(
-        along_x, tf.constant(y_kernels, tf.float32), [1, 1, 1, 1], "VALID"
+    smooth_x = _correlate(padded, smooth, axis=2, size=width)
+    second_x = _correlate(padded, second, axis=2, size=width)
+    return _correlate(smooth_x, second, axis=1, size=height) + _correlate(
+        second_x, smooth, axis=1, size=height
     )
-    return tf.reduce_sum(along_y, axis=-1, keepdims=True)
+
+
+def _correlate(padded, kernel, axis, size):
+    """VALID correlation of `padded` with a 1-D `kernel` along `axis` (1 or 2)."""
+
+    def shifted(offset):
+        if axis == 1:
+            return padded[:, offset : offset + size]
+        return padded[:, :, offset : offset + size]
+
+    return tf.add_n([float(weight) * shifted(offset) for offset, weight in enumerate(kernel)])
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
