@@ -1,0 +1,243 @@
+"""Shared pieces of the issue-6 benchmark scripts (throughput, overhead, scaling,
+litert, accuracy): the image sets, the model variants, a timing helper, and the
+Markdown header every report starts with.
+
+Scripts import it as `common` (they run as `python recipes/benchmarks/<name>.py`,
+so this folder is on `sys.path`).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
+
+# Every model variant gets its own tf.function; TF's retracing warning counts them all.
+tf.get_logger().setLevel("ERROR")
+
+PHOTOS = ("astronaut", "camera", "brick", "grass", "gravel", "moon", "immunohistochemistry", "retina")
+# Patch sides of the patcher's levels with the defaults (base 64, min 8).
+LEVEL_SIZES = (64, 32, 16, 8)
+# Thresholds that force a level: below any block mean of a real image, or above all.
+TINY, HUGE = 1e-9, 1e9
+
+
+# -- reports -------------------------------------------------------------------
+
+
+def parser(doc):
+    """An argument parser with the flags every script has (`--smoke`)."""
+    result = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat: checks that the script runs")
+    return result
+
+
+def header(title, notes=()):
+    """Print the Markdown section header: title, command, date, machine."""
+    command = "python " + " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    load = ", load average %.1f at start" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    print(f"## {title}\n")
+    print(f"Command: `{command}`, {datetime.date.today().isoformat()}.")
+    print(f"Machine: {platform.platform()}, {platform.machine()}, {cores} cores usable "
+          f"({os.cpu_count()} in all){load}; TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+          f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU only'}.")
+    for note in notes:
+        print(note)
+    print(flush=True)
+
+
+def table(columns, rows):
+    """A Markdown table as a string; floats are printed as given (format them first)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(target, met, numbers):
+    """One line: the target, met or missed, and the numbers behind it."""
+    return f"- target: {target}: **{'met' if met else 'missed'}** ({numbers})"
+
+
+# -- images --------------------------------------------------------------------
+
+
+def photo(name, size=512):
+    """A scikit-image photo as uint8 `[size, size, 3]`: the central 512x512 crop
+    (only retina, 1411x1411, is larger), resized when `size` is not 512."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    image = image[..., None].repeat(3, -1) if image.ndim == 2 else image[..., :3]
+    top, left = (image.shape[0] - 512) // 2, (image.shape[1] - 512) // 2
+    image = image[top:top + 512, left:left + 512]
+    if size != 512:
+        image = resize(image[None], size)[0]
+    return image
+
+
+def resize(images, size):
+    """uint8 `[B, H, W, 3]` -> uint8 `[B, size, size, 3]` (antialiased)."""
+    resized = tf.image.resize(images, (size, size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+
+
+def photo_set(count=len(PHOTOS), size=512):
+    """`count` photos, uint8 `[count, size, size, 3]`: the 8 of PHOTOS, repeated in
+    order when `count` is larger."""
+    photos = [photo(name, size) for name in PHOTOS]
+    return np.stack([photos[index % len(photos)] for index in range(count)])
+
+
+def needle_set(count, size=512, num_classes=4, seed=3):
+    """`count` needles images, uint8 `[count, size, size, 3]` (labels dropped)."""
+    return make_needles(count, image_size=size, num_classes=num_classes, seed=seed)[0]
+
+
+def image_sets(count, size=512):
+    """The two image sets of the speed benchmarks: {name: uint8 images}."""
+    return {
+        f"photos ({', '.join(PHOTOS)}; central 512 crops"
+        + (f" resized to {size}" if size != 512 else "")
+        + (", repeated in order" if count > len(PHOTOS) else "") + ")": photo_set(count, size),
+        "needles (make_needles, seed 3, 4 classes)": needle_set(count, size),
+    }
+
+
+def noise(count, size, seed=0):
+    """White noise, uint8 `[count, size, size, 3]`."""
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+# -- models --------------------------------------------------------------------
+
+
+def uniform_settings(level):
+    """DynamicPatchModel arguments that put every patch on one level (0 = 64 px,
+    3 = 8 px): the block rule with thresholds below or above any block mean,
+    frozen. (The quadtree rule with tiny thresholds leaves 32 or 16 px nodes of
+    exactly zero complexity unsplit, e.g. the black background of astronaut.)"""
+    thresholds = tuple(TINY if split < level else HUGE for split in range(len(LEVEL_SIZES) - 1))
+    return {"thresholds": thresholds, "rule": "block", "trainable_thresholds": False}
+
+
+def uniform_count(level, height, width):
+    """Patches per image of the uniform grid at `level`."""
+    side = LEVEL_SIZES[level]
+    return -(-height // side) * -(-width // side)
+
+
+def nearest_level(mean_patches, height, width):
+    """The uniform level whose patch count is nearest `mean_patches`."""
+    gaps = [abs(uniform_count(level, height, width) - mean_patches) for level in range(len(LEVEL_SIZES))]
+    return int(np.argmin(gaps))
+
+
+def dynamic_model(num_classes=4, seed=0, **settings):
+    """A DynamicPatchModel (library defaults unless `settings`), built, seeded."""
+    keras.utils.set_random_seed(seed)
+    model = DynamicPatchModel(num_classes=num_classes, **settings)
+    model.build((None, None, None, 3))
+    return model
+
+
+def mobilenet(size, num_classes=4, seed=0):
+    """Whole-image MobileNetV2 alpha 0.35 (random weights) taking uint8 images.
+
+    A Rescaling layer maps 0..255 to MobileNetV2's -1..1; logits out (no
+    softmax). BatchNorm momentum is set to 0.9, as in the library's embedder
+    (with Keras' 0.999 the moving statistics lag far behind in short runs)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), dtype="uint8")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.ops.cast(inputs, "float32"))
+    net = keras.applications.MobileNetV2(
+        alpha=0.35, weights=None, input_shape=(size, size, 3), classes=num_classes, classifier_activation=None
+    )
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return keras.Model(inputs, net(scaled), name="mobilenetv2_035")
+
+
+def predictor(model):
+    """Inference function `uint8 [B, H, W, 3] -> logits`, one tf.function trace
+    for all batch sizes and image sizes. For a DynamicPatchModel: `embed` and the
+    head in inference mode (what `call` does, without updating the metrics)."""
+    if isinstance(model, DynamicPatchModel):
+        def run(images):
+            return model.head(model.embed(images)["pooled_embedding"])
+    else:
+        def run(images):
+            return model(images, training=False)
+    return tf.function(run, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+
+
+def level_counts(model, images, batch=8):
+    """Patches per image and level of a DynamicPatchModel: int `[N, levels]`."""
+    count = tf.function(
+        lambda x: model.patcher(x, model.complexity(x))["levels"],
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+    )
+    rows = []
+    for start in range(0, len(images), batch):
+        levels = count(images[start:start + batch]).numpy()
+        rows += [np.bincount(row, minlength=len(LEVEL_SIZES)) for row in levels]
+    return np.stack(rows)
+
+
+def compile_for_training(model, learning_rate=1e-3, run_eagerly=False):
+    """Adam, cross-entropy on logits, accuracy. `run_eagerly` skips tracing the
+    train and test steps (about 40 s for a DynamicPatchModel, 65 s for
+    MobileNetV2 on 2 busy cores): only for smoke runs of a few steps."""
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        run_eagerly=run_eagerly,
+    )
+    return model
+
+
+# -- timing --------------------------------------------------------------------
+
+
+def time_calls(functions, batches, repeats, warmup=1):
+    """Seconds per call of each of `functions` ({name: fn}), `repeats` calls each,
+    cycling through `batches`. Calls are interleaved (round robin over the
+    functions), so load from other jobs spreads evenly over them; outputs are
+    fetched (`.numpy()`) inside the timing. `warmup` untimed rounds first.
+
+    Returns:
+        {name: float array of `repeats` seconds}.
+    """
+    def fetch(result):
+        return tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
+
+    times = {name: [] for name in functions}
+    for index in range(warmup + repeats):
+        images = batches[index % len(batches)]
+        for name, function in functions.items():
+            start = time.perf_counter()
+            fetch(function(images))
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: np.array(values) for name, values in times.items()}
+
+
+def latency(times):
+    """`(p50, p99)` in milliseconds (p99 interpolated: about the maximum when
+    there are fewer than 100 calls)."""
+    return 1000 * float(np.percentile(times, 50)), 1000 * float(np.percentile(times, 99))

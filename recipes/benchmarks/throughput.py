@@ -1,0 +1,141 @@
+"""Inference throughput and latency of the dynamic model against three baselines.
+
+On the CPU, at batch 1 and at a large batch (32; 8 with --quick), on real photos
+and on needles images (512x512), in inference mode (a tf.function of
+`model.embed` and the head; random weights: speed does not depend on them):
+
+* dynamic: DynamicPatchModel with the library defaults;
+* finest grid: the same model with every patch at 8 px (block rule, tiny
+  thresholds; checked on the images);
+* uniform grid: one patch size for every patch, the level whose patch count is
+  nearest the dynamic model's mean count on that image set (may coincide with
+  the finest grid, then it is not timed twice);
+* MobileNetV2 alpha 0.35 (weights=None) on the whole image.
+
+All variants run interleaved, call by call, so load from other jobs spreads
+evenly. Latency is per call (a whole batch); throughput is batch / median latency.
+
+    python recipes/benchmarks/throughput.py              # batch 32: ~20-30 min on 2 cores
+    python recipes/benchmarks/throughput.py --quick      # batch 8, fewer calls: ~5-7 min
+    python recipes/benchmarks/throughput.py --smoke      # 128x128, tiny: ~1 min
+
+Prints a Markdown section for docs/benchmarks.md, with met/missed lines for the
+issue's throughput targets (their accuracy halves are in accuracy.py).
+"""
+
+import numpy as np
+
+import common
+
+FINEST = len(common.LEVEL_SIZES) - 1
+
+
+def options():
+    parser = common.parser(__doc__)
+    parser.add_argument("--size", type=int, default=512, help="image side")
+    parser.add_argument("--batch", type=int, default=32, help="the large batch")
+    parser.add_argument("--calls", type=int, default=5, help="timed calls at the large batch")
+    parser.add_argument("--calls1", type=int, default=40, help="timed calls at batch 1")
+    parser.add_argument("--quick", action="store_true", help="batch 8, 3 calls at batch 8, 16 at batch 1")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.calls, args.calls1 = 8, 3, 16
+    if args.smoke:
+        args.size, args.batch, args.calls, args.calls1 = 128, 2, 1, 2
+    return args
+
+
+def checked_grid(level, images, settings_note):
+    """A uniform-grid model at `level`, and a line saying whether all its patches are on it."""
+    model = common.dynamic_model(**common.uniform_settings(level))
+    counts = common.level_counts(model, images)
+    only = bool((counts.sum(1) == counts[:, level]).all())
+    side = common.LEVEL_SIZES[level]
+    note = (f"- {side} px grid ({settings_note}): "
+            + ("every patch of every image is " if only else "NOT all patches are ") + f"{side} px "
+            f"({counts[:, level].sum()} of {counts.sum()}).")
+    return model, note
+
+
+def variants(images):
+    """{name: (model, patches per image)} and notes on how they were chosen."""
+    size = images.shape[1]
+    dynamic = common.dynamic_model()
+    mean = common.level_counts(dynamic, images).sum(1).mean()
+    finest, finest_note = checked_grid(FINEST, images, "finest")
+    level = common.nearest_level(mean, size, size)
+    side = common.LEVEL_SIZES[level]
+    notes = [
+        f"- dynamic model: {mean:.0f} patches per image on average.",
+        finest_note,
+        f"- uniform grid: {side} px ({common.uniform_count(level, size, size)} patches per image) is the "
+        f"level nearest the dynamic mean of {mean:.0f}"
+        + (", i.e. the finest grid itself: timed once." if level == FINEST else "."),
+    ]
+    models = {
+        "dynamic (defaults)": (dynamic, mean),
+        "finest grid (8 px)": (finest, common.uniform_count(FINEST, size, size)),
+    }
+    if level != FINEST:
+        uniform, uniform_note = checked_grid(level, images, "uniform")
+        notes.append(uniform_note)
+        models[f"uniform grid ({side} px)"] = (uniform, common.uniform_count(level, size, size))
+    models["MobileNetV2 0.35, whole image"] = (common.mobilenet(size), "-")
+    return models, notes
+
+
+def measure(models, images, batch, calls):
+    """Markdown table of one batch size, and {name: images per second}."""
+    if batch == 1:
+        batches = [images[index:index + 1] for index in range(len(images))]
+    else:
+        batches = [images[:batch]]
+    functions = {name: common.predictor(model) for name, (model, _) in models.items()}
+    times = common.time_calls(functions, batches, calls)
+    speed = {name: batch / np.median(seconds) for name, seconds in times.items()}
+    dynamic = speed["dynamic (defaults)"]
+    rows = []
+    for name, seconds in times.items():
+        p50, p99 = common.latency(seconds)
+        patches = models[name][1]
+        rows.append([name, patches if isinstance(patches, str) else f"{patches:.0f}", f"{p50:.0f}", f"{p99:.0f}",
+                     f"{speed[name]:.2f}", f"{dynamic / speed[name]:.2f}"])
+    columns = ["model", "patches / image", "p50 ms", "p99 ms", "images / s", "dynamic's speed-up"]
+    return common.table(columns, rows), speed
+
+
+def verdicts(speed, batch):
+    dynamic = speed["dynamic (defaults)"]
+    finest = speed["finest grid (8 px)"]
+    whole = speed["MobileNetV2 0.35, whole image"]
+    return [
+        common.verdict(f"dynamic >= 5x finest-grid throughput, batch {batch}", dynamic >= 5 * finest,
+                       f"{dynamic:.2f} vs {finest:.2f} images/s: {dynamic / finest:.2f}x"),
+        common.verdict(f"dynamic >= whole-image MobileNetV2 0.35 throughput, batch {batch}", dynamic >= whole,
+                       f"{dynamic:.2f} vs {whole:.2f} images/s: {dynamic / whole:.2f}x"),
+    ]
+
+
+def main():
+    args = options()
+    common.header(
+        "Throughput and latency (issue 6)",
+        [f"Inference on the CPU, {args.size}x{args.size} images, batch 1 ({args.calls1} calls, cycling through "
+         f"the set's images) and batch {args.batch} ({args.calls} calls), after one warm-up round; medians, "
+         "variants interleaved call by call. Random weights. Latency is per call; p99 of fewer than 100 calls "
+         "is about their maximum."],
+    )
+    for name, images in common.image_sets(args.batch, args.size).items():
+        print(f"### {name}\n")
+        models, notes = variants(images)
+        print("\n".join(notes) + "\n")
+        lines = []
+        for batch, calls in ((1, args.calls1), (args.batch, args.calls)):
+            text, speed = measure(models, images, batch, calls)
+            print(f"Batch {batch}:\n\n{text}\n", flush=True)
+            lines += verdicts(speed, batch)
+        print("\n".join(lines) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
