@@ -10,18 +10,11 @@ it keeps the runtime image checks the converter drops). Calls cycle through
 the photos and the needles images one at a time, runtimes interleaved call by
 call; outputs are checked against TensorFlow's (logits, patch counts).
 
-    python recipes/benchmarks/litert.py            # ~3-5 min on 2 cores
-    python recipes/benchmarks/litert.py --smoke    # 128x128, tiny: ~1 min
+    python recipes/benchmarks/litert_latency.py            # ~3-5 min on 2 cores
+    python recipes/benchmarks/litert_latency.py --smoke    # 128x128, tiny: ~1 min
 
 Prints a Markdown section for docs/benchmarks.md.
 """
-
-if __name__ != "__main__":
-    # TensorFlow first tries `import litert.python._pywrap_...` (the layout of the
-    # LiteRT package) and only then its own copies. Every script in this folder has
-    # the folder on sys.path, so that import finds this file. Fail as a missing
-    # package would, so that TensorFlow moves on without running the script.
-    raise ImportError("recipes/benchmarks/litert.py is a script, not the litert package")
 
 import os
 import tempfile
