@@ -358,7 +358,7 @@ class DynamicPatcher(keras.layers.Layer):
         size = self.sizes[level]
         index = tf.where(leaf)
         image, row, col = index[:, 0], index[:, 1], index[:, 2]
-        pixels = self._resample(tf.gather_nd(_blocks(images, size), index))
+        pixels = self._resample(_cut_patches(images, index, size))
         y0, x0 = tf.cast(row, tf.int32) * size, tf.cast(col, tf.int32) * size
         boxes = tf.stack([y0, x0, tf.minimum(y0 + size, height), tf.minimum(x0 + size, width)], 1)
         return {
@@ -448,12 +448,21 @@ def _children_inside(inside):
     return tf.cast(tf.round(pooled[..., 0] * 4), tf.int32)
 
 
-def _blocks(images, size):
-    """`[B, H, W, C]` -> `[B, H/size, W/size, size, size, C]`."""
+def _cut_patches(images, index, size):
+    """The `size` x `size` blocks at `index` rows `(image, row, col)`: `[n, size, size, C]`.
+
+    Views every image row as `W / size` runs of `size * C` values (a free
+    reshape) and gathers the `size` runs of each patch, so only the patches'
+    own pixels are copied, whatever the image size.
+    """
     shape = tf.shape(images)
     channels = images.shape[-1]
-    blocks = tf.reshape(images, [shape[0], shape[1] // size, size, shape[2] // size, size, channels])
-    return tf.transpose(blocks, [0, 1, 3, 2, 4, 5])
+    runs = tf.reshape(images, [shape[0], shape[1], shape[2] // size, size * channels])
+    count = tf.shape(index)[0]
+    image, row, col = (tf.broadcast_to(index[:, k : k + 1], [count, size]) for k in range(3))
+    rows = row * size + tf.range(size, dtype=index.dtype)
+    patches = tf.gather_nd(runs, tf.stack([image, rows, col], axis=-1))
+    return tf.reshape(patches, [count, size, size, channels])
 
 
 def _interleave(rows, cols, bits):
