@@ -398,10 +398,12 @@ def _fit_and_save(model, training, validation, output, epochs, learning_rate,
     resuming = os.path.isdir(backup)
     if resuming:
         print(f"Resuming the interrupted run backed up in {backup}")
+    # The backup marks an epoch as done, so it is written last: a run killed
+    # between these writes redoes the epoch instead of losing its checkpoint.
     callbacks = [
         _HistoryFile(os.path.join(output, "history.json"), resume=resuming),
-        keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(os.path.join(output, "checkpoints", "epoch-{epoch:03d}.keras")),
+        keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
