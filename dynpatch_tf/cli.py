@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dynpatch_tf.data import IMAGE_EXTENSIONS, _clean_op_message, image_folder_dataset
+from dynpatch_tf.data import IMAGE_EXTENSIONS, clean_op_message, image_folder_dataset
 from dynpatch_tf.model import DEFAULT_THRESHOLDS, DynamicPatchModel
 from dynpatch_tf.needles import NEEDLE_KINDS, make_needles
 from dynpatch_tf.visualize import render_patches, save_png
@@ -494,7 +494,7 @@ def _for_each_image(names, process, min_size, preloaded=None):
                                  f"model needs at least {min_size} px per side")
             process(name, image)
         except (ValueError, tf.errors.OpError) as error:
-            reason = _clean_op_message(error.message) if isinstance(error, tf.errors.OpError) else error
+            reason = clean_op_message(error.message) if isinstance(error, tf.errors.OpError) else error
             print(f"\nSkipped {name}: {reason}", file=sys.stderr)
         progress.add(1)
 

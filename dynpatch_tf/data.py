@@ -248,11 +248,11 @@ def _decoded_size(path):
             tf.io.read_file(path), channels=3, expand_animations=False
         )
     except tf.errors.OpError as error:
-        return None, _clean_op_message(error.message)
+        return None, clean_op_message(error.message)
     return (int(image.shape[0]), int(image.shape[1])), None
 
 
-def _clean_op_message(message):
+def clean_op_message(message):
     """Drops TF's `{{function_node ...}}` prefix and `[Op:...] name: ...` suffix."""
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
     return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.DOTALL)

@@ -331,10 +331,9 @@ class DynamicPatcher(keras.layers.Layer):
         return total + _masked_sum(exists, inside[-1])
 
     def _finest_count(self, height, width):
-        cells = tf.math.ceil(tf.cast(height, tf.float32) / self.min_size) * tf.math.ceil(
-            tf.cast(width, tf.float32) / self.min_size
-        )
-        return cells
+        """How many `min_size` patches would tile the unpadded image (float32)."""
+        rows = tf.math.ceil(tf.cast(height, tf.float32) / self.min_size)
+        return rows * tf.math.ceil(tf.cast(width, tf.float32) / self.min_size)
 
     # -- patches ------------------------------------------------------------
 
