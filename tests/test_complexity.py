@@ -31,6 +31,19 @@ def test_matches_scipy_on_real_photos(name, sigma):
     assert np.abs(out - expected)[border].max() <= 1e-5
 
 
+# The LoG runs on groups of 16 pixels of a row: cover a kernel wider than one
+# group (sigma 5: radius 20), an image narrower than one group, and widths that
+# are not multiples of 16.
+@pytest.mark.parametrize(
+    "shape, sigma", [((40, 37), 5.0), ((30, 9), 1.0), ((23, 5), 0.5), ((64, 130), 4.1)]
+)
+def test_grouped_filter_matches_scipy_on_any_width(rng, shape, sigma):
+    gray = rng.random(shape)
+    out = ComplexityMap(sigma=sigma)(gray[None, ..., None].astype("float32"))
+    expected = np.abs(ndi.gaussian_laplace(gray, sigma, mode="reflect")) * sigma**2
+    np.testing.assert_allclose(out.numpy()[0, ..., 0], expected, atol=1e-5)
+
+
 def test_several_sigmas_take_the_maximum():
     image = photo("camera")[:128, :160]
     out = ComplexityMap(sigma=[1.0, 2.0])(image[None]).numpy()[0, ..., 0]
