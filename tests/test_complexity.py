@@ -97,3 +97,21 @@ def test_config_round_trip():
     layer = ComplexityMap(sigma=[1.0, 2.0], validate=False)
     clone = ComplexityMap.from_config(layer.get_config())
     assert clone.sigmas == (1.0, 2.0) and clone.validate is False
+
+
+@pytest.mark.parametrize("sigma", [1.0, 5.0])
+def test_dynamic_range_tflite_keeps_the_map_exact(rng, sigma):
+    """Dynamic-range quantisation stores large conv kernels as int8; the LoG's must stay float."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    layer = ComplexityMap(sigma=sigma, validate=False)
+    fn = tf.function(layer, input_signature=[tf.TensorSpec([1, 96, 80, 3], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], layer)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    interpreter = Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    images = rng.random((1, 96, 80, 3)).astype("float32")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(out, layer(images).numpy(), atol=1e-6)
