@@ -224,10 +224,9 @@ class DynamicPatcher(keras.layers.Layer):
 
     def _node_means(self, complexity):
         """Mean complexity of every node, per level: `[B, Hp/s, Wp/s]`."""
-        finest = tf.nn.avg_pool2d(complexity, self.min_size, self.min_size, "VALID")
-        means = [finest]
+        means = [_block_mean(complexity, self.min_size)]
         for _ in range(self.num_levels - 1):
-            means.insert(0, tf.nn.avg_pool2d(means[0], 2, 2, "VALID"))
+            means.insert(0, _block_mean(means[0], 2))
         return [mean[..., 0] for mean in means]
 
     @staticmethod
@@ -390,10 +389,7 @@ class DynamicPatcher(keras.layers.Layer):
             return patches
         if size < token:
             return tf.image.resize(patches, (token, token), method="bilinear")
-        factor = size // token
-        channels = patches.shape[-1]
-        grouped = tf.reshape(patches, [-1, token, factor, token, factor, channels])
-        return tf.reduce_mean(grouped, axis=[2, 4])
+        return _block_mean(patches, size // token)
 
     def get_config(self):
         config = super().get_config()
@@ -443,8 +439,21 @@ def _budget_candidates(scores, inside):
 
 def _children_inside(inside):
     """`[1, 2h, 2w]` bool -> `[1, h, w]` int32: how many of each parent's four children lie inside."""
-    pooled = tf.nn.avg_pool2d(tf.cast(inside, tf.float32)[..., None], 2, 2, "VALID")
+    pooled = _block_mean(tf.cast(inside, tf.float32)[..., None], 2)
     return tf.cast(tf.round(pooled[..., 0] * 4), tf.int32)
+
+
+def _block_mean(tensor, factor):
+    """Mean over `factor` x `factor` blocks of `[N, H, W, C]` (H, W multiples of it).
+
+    A reshape and a mean: much faster on the CPU than `avg_pool2d` on one channel.
+    """
+    shape = tf.shape(tensor)
+    channels = tensor.shape[-1]
+    grouped = tf.reshape(
+        tensor, [shape[0], shape[1] // factor, factor, shape[2] // factor, factor, channels]
+    )
+    return tf.reduce_mean(grouped, axis=[2, 4])
 
 
 def _cut_patches(images, index, size):
