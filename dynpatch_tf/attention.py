@@ -3,9 +3,10 @@
 The CNN runs on all patches of all images as one flat batch (`pixels.values`
 of the ragged patch tensor); `row_splits` maps the weights back to images.
 
-The module also holds the two helpers that every per-patch layer of the
-library shares: `flat_patches` (ragged or dense patches -> one flat batch, and
-back) and `build_sequence` (build a chain of sublayers shape by shape).
+The module also holds the helpers that every per-patch layer of the library
+shares: `flat_patches` (ragged or dense patches -> one flat batch, and back),
+`map_chunks` (run a network over the flat batch a chunk at a time) and
+`build_sequence` (build a chain of sublayers shape by shape).
 """
 
 import keras
@@ -58,6 +59,51 @@ def flat_patches(pixels):
         f"[B, N, P, P, C] or [n, P, P, C]; got rank {rank}, shape "
         f"{pixels.shape}."
     )
+
+
+def map_chunks(fn, flat, chunk_size):
+    """`fn` over the flat batch `flat` `[n, ...]`, at most `chunk_size` rows at a time.
+
+    The results are concatenated along the first axis, so for a per-patch
+    network the output equals `fn(flat)` while the activations in memory are
+    those of one chunk. The chunks run in a `tf.while_loop` (the TFLite `WHILE`
+    op), one after the other; the first chunk runs outside the loop, so a batch
+    of at most `chunk_size` rows costs one call and an empty loop. Each step
+    appends its rows with a concat, so with k chunks the results are copied
+    about k/2 times: cheap for per-patch outputs of a few dozen values.
+
+    Args:
+        fn: maps `[m, ...]` to `[m, ...]` row by row.
+        flat: `[n, ...]` tensor.
+        chunk_size: rows per call, or None for one call on all of `flat`.
+
+    Returns:
+        `[n, ...]`, the rows of `fn`'s results in order.
+    """
+    if chunk_size is None:
+        return fn(flat)
+    count = tf.shape(flat)[0]
+    first = fn(flat[:chunk_size])
+
+    def step(start, done):
+        return start + chunk_size, tf.concat([done, fn(flat[start : start + chunk_size])], 0)
+
+    _, result = tf.while_loop(
+        lambda start, _: start < count,
+        step,
+        [tf.constant(chunk_size), first],
+        shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]).concatenate(first.shape[1:])],
+    )
+    return result
+
+
+def check_chunk_size(chunk_size):
+    """`chunk_size` as an int, or None; anything else is refused with its value."""
+    if chunk_size is None:
+        return None
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}.")
+    return int(chunk_size)
 
 
 def flat_shape(input_shape):
@@ -119,7 +165,11 @@ class PatchAttention(keras.layers.Layer):
     (see `fit_pools`); then global average pooling and Dense(1) giving one
     logit per patch, turned into a weight by `activation`.
 
-    All patches of all images run through the CNN as one flat batch.
+    All patches of all images run through the CNN as one flat batch; with
+    `chunk_size` set, at inference it runs `chunk_size` patches at a time
+    (`map_chunks`), which bounds the activations in memory and gives the same
+    weights. Training always runs the whole batch at once: the gradient tape
+    keeps every chunk's activations anyway.
 
     Args:
         filters: number of filters of each conv layer; its length is the
@@ -129,6 +179,8 @@ class PatchAttention(keras.layers.Layer):
             patch. "softmax": weights that sum to 1 over the patches of each
             image (needs patches grouped by image: ragged [B, (N), ...] or
             dense [B, N, ...] input). None: the raw logits.
+        chunk_size: patches per CNN call at inference, or None (default) for
+            all at once.
         **kwargs: standard `keras.layers.Layer` arguments (name, dtype, ...).
 
     Input shape:
@@ -152,7 +204,8 @@ class PatchAttention(keras.layers.Layer):
     TensorShape([3, None])
     """
 
-    def __init__(self, filters=(16, 32), kernel_size=3, activation="sigmoid", **kwargs):
+    def __init__(self, filters=(16, 32), kernel_size=3, activation="sigmoid",
+                 chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -163,6 +216,7 @@ class PatchAttention(keras.layers.Layer):
             raise ValueError("filters must name at least one conv layer.")
         self.kernel_size = int(kernel_size)
         self.activation = activation
+        self.chunk_size = check_chunk_size(chunk_size)
         self.convs = [
             keras.layers.Conv2D(
                 f, self.kernel_size, padding="same", activation="relu",
@@ -191,12 +245,17 @@ class PatchAttention(keras.layers.Layer):
         self._pooled = fit_pools(min(sizes) if sizes else None, len(self.convs))
         build_sequence(self._stack(), shape)
 
-    def call(self, pixels):
+    def call(self, pixels, training=None):
         flat, restore = flat_patches(pixels)
+        logits = map_chunks(self._logits, flat, None if training else self.chunk_size)
+        return self._activate(restore(logits))
+
+    def _logits(self, flat):
+        """`[n, P, P, C]` -> `[n]`: the CNN's logit per patch."""
         x = tf.cast(flat, self.compute_dtype)
         for layer in self._stack():
             x = layer(x)
-        return self._activate(restore(x[:, 0]))
+        return x[:, 0]
 
     def _activate(self, logits):
         if self.activation is None:
@@ -223,5 +282,6 @@ class PatchAttention(keras.layers.Layer):
             filters=list(self.filters),
             kernel_size=self.kernel_size,
             activation=self.activation,
+            chunk_size=self.chunk_size,
         )
         return config

@@ -10,7 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
-from dynpatch_tf.attention import build_sequence, flat_patches, flat_shape
+from dynpatch_tf.attention import build_sequence, check_chunk_size, flat_patches, flat_shape, map_chunks
 
 # (expansion, channels, repeats, stride) per stage, as in the MobileNetV2
 # paper's table; expansion None means the embedder's `expansion` argument.
@@ -205,7 +205,12 @@ class PatchEmbedder(keras.layers.Layer):
     are created in `build` (they depend on P); the pooling and Dense head
     are created in `__init__`. P must be static.
 
-    All patches of all images run through the network as one flat batch.
+    All patches of all images run through the network as one flat batch; with
+    `chunk_size` set, at inference it runs `chunk_size` patches at a time
+    (`map_chunks`), which bounds the activations in memory (BatchNorm uses its
+    moving statistics then, so the embeddings are the same). Training always
+    runs the whole batch at once, since BatchNorm's batch statistics depend on
+    it and the gradient tape keeps every chunk's activations anyway.
 
     Args:
         embed_dim: D, the size of each patch embedding.
@@ -223,6 +228,8 @@ class PatchEmbedder(keras.layers.Layer):
             the moving statistics then lag far behind in short runs and
             inference breaks; 0.9 settles within a few dozen steps.
         bn_epsilon: BatchNormalization epsilon.
+        chunk_size: patches per network call at inference, or None (default)
+            for all at once.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Input shape:
@@ -243,7 +250,7 @@ class PatchEmbedder(keras.layers.Layer):
 
     def __init__(self, embed_dim=64, width_multiplier=0.5, expansion=6,
                  blocks=DEFAULT_BLOCKS, stem_filters=32, min_size=2,
-                 bn_momentum=0.9, bn_epsilon=1e-3, **kwargs):
+                 bn_momentum=0.9, bn_epsilon=1e-3, chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         self.embed_dim = int(embed_dim)
         self.width_multiplier = float(width_multiplier)
@@ -253,6 +260,7 @@ class PatchEmbedder(keras.layers.Layer):
         self.min_size = int(min_size)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.stem, self.stem_bn, self.blocks = None, None, []
         self.global_pool = keras.layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
         self.embedding = keras.layers.Dense(
@@ -316,10 +324,14 @@ class PatchEmbedder(keras.layers.Layer):
 
     def call(self, pixels, training=None):
         flat, restore = flat_patches(pixels)
-        x = conv_bn(self.stem, self.stem_bn, tf.cast(flat, self.compute_dtype), training)
-        for block in self.blocks:
-            x = block(x, training=training)
-        return restore(self.embedding(self.global_pool(x)))
+
+        def embed(chunk):
+            x = conv_bn(self.stem, self.stem_bn, tf.cast(chunk, self.compute_dtype), training)
+            for block in self.blocks:
+                x = block(x, training=training)
+            return self.embedding(self.global_pool(x))
+
+        return restore(map_chunks(embed, flat, None if training else self.chunk_size))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-3] + (self.embed_dim,)
@@ -335,5 +347,6 @@ class PatchEmbedder(keras.layers.Layer):
             min_size=self.min_size,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            chunk_size=self.chunk_size,
         )
         return config

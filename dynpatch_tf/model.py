@@ -58,6 +58,14 @@ class DynamicPatchModel(keras.Model):
         width_multiplier: width of the inverted-residual embedder.
         position_encoding: add a learned encoding of each patch's box (centre
             and size) to its embedding.
+        chunk_size: at inference, the attention CNN and the embedder run over
+            the flat patch batch this many patches at a time (see
+            `map_chunks`), with the same outputs; None runs them on all patches
+            at once. The default, 1024, bounds the activations in memory
+            whatever the image size or batch, and on the CPU it is also faster
+            than one call over tens of thousands of patches
+            (`docs/benchmarks.md`, "Scaling"); on a GPU a larger value may be
+            faster. Training always runs the whole flat batch.
         validate: check image values (NaN, Inf) and sizes when the graph runs.
         **kwargs: base `keras.Model` arguments.
 
@@ -96,6 +104,7 @@ class DynamicPatchModel(keras.Model):
         attention_filters=(16, 32),
         width_multiplier=0.5,
         position_encoding=True,
+        chunk_size=1024,
         validate=True,
         **kwargs,
     ):
@@ -120,9 +129,12 @@ class DynamicPatchModel(keras.Model):
             validate=validate,
             name="patcher",
         )
-        self.attention = PatchAttention(filters=attention_filters, activation=attention, name="attention")
+        self.attention = PatchAttention(
+            filters=attention_filters, activation=attention, chunk_size=chunk_size, name="attention"
+        )
         self.embedder = PatchEmbedder(
-            embed_dim=embed_dim, width_multiplier=width_multiplier, name="embedder"
+            embed_dim=embed_dim, width_multiplier=width_multiplier, chunk_size=chunk_size,
+            name="embedder",
         )
         self.position = PatchPositionEncoding(embed_dim, name="position") if position_encoding else None
         self.head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
@@ -229,6 +241,7 @@ class DynamicPatchModel(keras.Model):
                 "attention_filters": list(attention["filters"]),
                 "width_multiplier": self.embedder.get_config()["width_multiplier"],
                 "position_encoding": self.position_encoding,
+                "chunk_size": attention["chunk_size"],
                 "validate": self.validate,
             }
         )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf.attention import PatchAttention, fit_pools
+from dynpatch_tf.attention import PatchAttention, fit_pools, map_chunks
 
 P = 8
 ROW_LENGTHS = [2, 0, 1, 3]  # several, none, one, several patches
@@ -101,6 +101,9 @@ def test_bad_arguments_and_inputs_raise():
         PatchAttention(filters=(4,))(nested)
     with pytest.raises(ValueError, match="rank 3"):
         PatchAttention(filters=(4,))(tf.zeros([P, P, 3]))
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="chunk_size"):
+            PatchAttention(chunk_size=bad)
 
 
 def test_pools_fit_the_patch_size():
@@ -132,8 +135,38 @@ def test_gradients_finite_and_nonzero(activation):
         assert np.any(grad.numpy() != 0), var.path
 
 
+@pytest.mark.parametrize("count", [0, 1, 6, 7, 19])
+def test_map_chunks_equals_one_call_for_any_remainder(count):
+    rows = tf.reshape(tf.range(count * 2, dtype=tf.float32), [count, 2])
+
+    def fn(chunk):
+        return tf.concat([chunk * 2.0, tf.reduce_sum(chunk, 1, keepdims=True)], 1)
+
+    for chunk_size in (None, 1, 3, 6, 50):
+        np.testing.assert_array_equal(map_chunks(fn, rows, chunk_size), fn(rows))
+        traced = tf.function(lambda x: map_chunks(fn, x, chunk_size))
+        np.testing.assert_array_equal(traced(rows), fn(rows))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_chunked_inference_gives_the_same_weights(activation):
+    pixels = ragged_pixels([5, 0, 4, 8])
+    whole = PatchAttention(filters=(4, 8), activation=activation)
+    chunked = PatchAttention(filters=(4, 8), activation=activation, chunk_size=3)
+    expected = whole(pixels)
+    chunked.build(pixels.shape)
+    chunked.set_weights(whole.get_weights())
+    out = chunked(pixels)
+    np.testing.assert_array_equal(out.row_splits, expected.row_splits)
+    np.testing.assert_allclose(out.values, expected.values, atol=1e-6)
+    traced = tf.function(lambda x: chunked(x, training=False))
+    np.testing.assert_allclose(traced(pixels).values, expected.values, atol=1e-6)
+
+
 def test_config_round_trip():
-    layer = PatchAttention(filters=(4, 8, 8), kernel_size=3, activation="softmax", name="att")
+    layer = PatchAttention(
+        filters=(4, 8, 8), kernel_size=3, activation="softmax", chunk_size=2, name="att"
+    )
     pixels = ragged_pixels()
     expected = layer(pixels)
     clone = PatchAttention.from_config(layer.get_config())

@@ -158,6 +158,25 @@ def test_bad_arguments_and_inputs_raise():
         PatchEmbedder(blocks=((16, 1, 1),))
     with pytest.raises(ValueError, match=">= 1"):
         PatchEmbedder(blocks=((6, 16, 0, 1),))
+    with pytest.raises(ValueError, match="chunk_size"):
+        PatchEmbedder(chunk_size=0)
+
+
+def test_chunked_inference_gives_the_same_embeddings_and_training_ignores_chunks():
+    pixels = ragged_pixels([5, 0, 4, 8])
+    whole, chunked = PatchEmbedder(**TINY), PatchEmbedder(**TINY, chunk_size=4)
+    whole.build(pixels.shape)
+    chunked.build(pixels.shape)
+    randomize_batchnorm(whole)
+    chunked.set_weights(whole.get_weights())
+    expected = whole(pixels, training=False)
+    np.testing.assert_allclose(chunked(pixels, training=False).values, expected.values, atol=1e-6)
+    traced = tf.function(lambda x: chunked(x, training=False))
+    np.testing.assert_allclose(traced(pixels).values, expected.values, atol=1e-6)
+    # Training uses batch statistics: over all 17 patches, not over chunks of 4.
+    np.testing.assert_allclose(
+        chunked(pixels, training=True).values, whole(pixels, training=True).values, atol=1e-5
+    )
 
 
 def test_gradients_finite_and_nonzero():
@@ -176,7 +195,9 @@ def test_gradients_finite_and_nonzero():
 
 
 def test_config_round_trip():
-    layer = PatchEmbedder(**TINY, stem_filters=16, min_size=1, bn_momentum=0.9, name="emb")
+    layer = PatchEmbedder(
+        **TINY, stem_filters=16, min_size=1, bn_momentum=0.9, chunk_size=5, name="emb"
+    )
     pixels = ragged_pixels()
     layer.build(pixels.shape)
     randomize_batchnorm(layer)

@@ -34,7 +34,9 @@ PY_FUNC_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 
 
 def tiny_model(**kwargs):
+    """A small model whose networks run in several chunks (a TFLite WHILE loop)."""
     keras.utils.set_random_seed(0)
+    kwargs.setdefault("chunk_size", 100)
     model = DynamicPatchModel(
         token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8,), **kwargs
     )

@@ -109,6 +109,22 @@ def test_save_and_load_give_the_same_outputs(trained, tmp_path):
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) > 0
 
 
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_chunk_size_changes_nothing_at_inference(trained, chunk_size):
+    model, _ = trained
+    images = stripes_task(4, seed=6)[0]
+    other = DynamicPatchModel.from_config({**model.get_config(), "chunk_size": chunk_size})
+    other.build(images.shape)
+    other.set_weights(model.get_weights())
+    expected, out = model.embed(images), other.embed(images)
+    assert int(out["boxes"].values.shape[0]) > 7 * 4  # several chunks per image
+    for key in ("patch_embeddings", "attention"):
+        np.testing.assert_allclose(out[key].values, expected[key].values, atol=1e-5)
+    np.testing.assert_allclose(
+        other.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5
+    )
+
+
 def test_embed_structure_and_attention_ranges():
     image = photo("astronaut")[None, :192, :256]
     model = DynamicPatchModel(num_classes=3, **TINY)
@@ -164,7 +180,9 @@ def test_mixed_bfloat16_policy_trains_on_cpu():
 
 
 def test_config_round_trip():
-    model = DynamicPatchModel(num_classes=5, rule="budget", budget=7, penalty_weight=0.5, **TINY)
+    model = DynamicPatchModel(
+        num_classes=5, rule="budget", budget=7, penalty_weight=0.5, chunk_size=99, **TINY
+    )
     clone = DynamicPatchModel.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
 
