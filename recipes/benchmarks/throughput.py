@@ -10,7 +10,10 @@ and on needles images (512x512), in inference mode (a tf.function of
 * uniform grid: one patch size for every patch, the level whose patch count is
   nearest the dynamic model's mean count on that image set (may coincide with
   the finest grid, then it is not timed twice);
-* MobileNetV2 alpha 0.35 (weights=None) on the whole image.
+* MobileNetV2 alpha 0.35 (weights=None) on the whole image;
+* with --threshold-scales S...: the dynamic model with the default
+  thresholds times S, for information (no verdict): photos want higher
+  thresholds than needles, on which the defaults were chosen.
 
 All variants run interleaved, call by call, so load from other jobs spreads
 evenly. Latency is per call (a whole batch); throughput is batch / median latency.
@@ -26,6 +29,7 @@ issue's throughput targets (their accuracy halves are in accuracy.py).
 import numpy as np
 
 import common
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS  # after common, which quiets TensorFlow
 
 FINEST = len(common.LEVEL_SIZES) - 1
 
@@ -37,6 +41,8 @@ def options():
     parser.add_argument("--calls", type=int, default=5, help="timed calls at the large batch")
     parser.add_argument("--calls1", type=int, default=40, help="timed calls at batch 1")
     parser.add_argument("--quick", action="store_true", help="batch 8, 3 calls at batch 8, 16 at batch 1")
+    parser.add_argument("--threshold-scales", type=float, nargs="*", default=[],
+                        help="also time the dynamic model with the default thresholds times each of these")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.calls, args.calls1 = 8, 3, 16
@@ -57,7 +63,7 @@ def checked_grid(level, images, settings_note):
     return model, note
 
 
-def variants(images):
+def variants(images, threshold_scales):
     """{name: (model, patches per image)} and notes on how they were chosen."""
     size = images.shape[1]
     dynamic = common.dynamic_model()
@@ -81,6 +87,9 @@ def variants(images):
         notes.append(uniform_note)
         models[f"uniform grid ({side} px)"] = (uniform, common.uniform_count(level, size, size))
     models["MobileNetV2 0.35, whole image"] = (common.mobilenet(size), "-")
+    for scale in threshold_scales:
+        scaled = common.dynamic_model(thresholds=[t * scale for t in DEFAULT_THRESHOLDS])
+        models[f"dynamic, thresholds x{scale:g}"] = (scaled, common.level_counts(scaled, images).sum(1).mean())
     return models, notes
 
 
@@ -127,7 +136,7 @@ def main():
     )
     for name, images in common.image_sets(args.batch, args.size).items():
         print(f"### {name}\n")
-        models, notes = variants(images)
+        models, notes = variants(images, args.threshold_scales)
         print("\n".join(notes) + "\n")
         lines = []
         for batch, calls in ((1, args.calls1), (args.batch, args.calls)):
