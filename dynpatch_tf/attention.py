@@ -62,19 +62,20 @@ def flat_patches(pixels):
 
 
 def map_chunks(fn, flat, chunk_size):
-    """`fn` over the flat batch `flat` `[n, ...]`, at most `chunk_size` rows at a time.
+    """`fn` over a flat batch, at most `chunk_size` rows at a time.
 
     The results are concatenated along the first axis, so for a per-patch
     network the output equals `fn(flat)` while the activations in memory are
-    those of one chunk. The chunks run in a `tf.while_loop` (the TFLite `WHILE`
-    op), one after the other; the first chunk runs outside the loop, so a batch
-    of at most `chunk_size` rows costs one call and an empty loop. Each step
-    appends its rows with a concat, so with k chunks the results are copied
-    about k/2 times: cheap for per-patch outputs of a few dozen values.
+    those of one chunk. The full chunks run one after the other in a
+    `tf.while_loop` (the TFLite `WHILE` op) that writes each result into a
+    `tf.TensorArray`; the last, partial chunk runs after the loop. A batch of
+    fewer than `chunk_size` rows costs one call and an empty loop.
 
     Args:
-        fn: maps `[m, ...]` to `[m, ...]` row by row.
-        flat: `[n, ...]` tensor.
+        fn: maps a structure like `flat` of `m` rows to an `[m, ...]` tensor,
+            row by row.
+        flat: an `[n, ...]` tensor, or a tuple of them with the same `n`
+            (sliced alike).
         chunk_size: rows per call, or None for one call on all of `flat`.
 
     Returns:
@@ -82,19 +83,24 @@ def map_chunks(fn, flat, chunk_size):
     """
     if chunk_size is None:
         return fn(flat)
-    count = tf.shape(flat)[0]
-    first = fn(flat[:chunk_size])
+    count = tf.shape(tf.nest.flatten(flat)[0])[0]
+    full = count // chunk_size
 
-    def step(start, done):
-        return start + chunk_size, tf.concat([done, fn(flat[start : start + chunk_size])], 0)
+    def rows(start, stop):
+        return tf.nest.map_structure(lambda tensor: tensor[start:stop], flat)
 
-    _, result = tf.while_loop(
-        lambda start, _: start < count,
-        step,
-        [tf.constant(chunk_size), first],
-        shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]).concatenate(first.shape[1:])],
+    last = fn(rows(full * chunk_size, count))
+    outputs = tf.TensorArray(
+        last.dtype, size=full, element_shape=tf.TensorShape([chunk_size]).concatenate(last.shape[1:])
     )
-    return result
+
+    def step(index, outputs):
+        start = index * chunk_size
+        return index + 1, outputs.write(index, fn(rows(start, start + chunk_size)))
+
+    _, outputs = tf.while_loop(lambda index, _: index < full, step, [tf.constant(0), outputs])
+    stacked = tf.reshape(outputs.stack(), tf.concat([[-1], tf.shape(last)[1:]], 0))
+    return tf.concat([tf.ensure_shape(stacked, [None] + last.shape[1:].as_list()), last], 0)
 
 
 def check_chunk_size(chunk_size):

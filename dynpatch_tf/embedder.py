@@ -322,16 +322,34 @@ class PatchEmbedder(keras.layers.Layer):
             shape,
         )
 
-    def call(self, pixels, training=None):
+    def call(self, pixels, scales=None, training=None):
+        """Embeds every patch, after multiplying it by its entry of `scales`.
+
+        Args:
+            pixels: the patches (see the class docstring).
+            scales: optional per-patch factors: a RaggedTensor `[B, (N)]`, or
+                a dense tensor with one value per patch (`[B, N]` or `[n]`).
+                Each patch is multiplied by its factor just before the network,
+                a chunk at a time, so the scaled patches are never all in
+                memory at once.
+            training: BatchNorm mode.
+        """
         flat, restore = flat_patches(pixels)
+        if scales is None:
+            scales = tf.ones(tf.shape(flat)[:1], self.compute_dtype)
+        elif isinstance(scales, tf.RaggedTensor):
+            scales = scales.values
+        scales = tf.reshape(tf.cast(scales, self.compute_dtype), [-1])
 
         def embed(chunk):
-            x = conv_bn(self.stem, self.stem_bn, tf.cast(chunk, self.compute_dtype), training)
+            patches, factors = chunk
+            x = tf.cast(patches, self.compute_dtype) * factors[:, None, None, None]
+            x = conv_bn(self.stem, self.stem_bn, x, training)
             for block in self.blocks:
                 x = block(x, training=training)
             return self.embedding(self.global_pool(x))
 
-        return restore(map_chunks(embed, flat, None if training else self.chunk_size))
+        return restore(map_chunks(embed, (flat, scales), None if training else self.chunk_size))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-3] + (self.embed_dim,)

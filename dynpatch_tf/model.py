@@ -185,8 +185,7 @@ class DynamicPatchModel(keras.Model):
         pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.compute_dtype))
         attention = self.attention(pixels, training=training)
         weights = attention.values * tf.cast(patches["gates"].values, attention.dtype)
-        scaled = pixels.with_values(pixels.values * weights[:, None, None, None])
-        embeddings = self.embedder(scaled, training=training).values
+        embeddings = self.embedder(pixels, scales=weights, training=training).values
         boxes = patches["boxes"]
         if self.position is not None:
             embeddings += self.position(boxes.values, tf.shape(images)[1:3])

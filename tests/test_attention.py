@@ -142,10 +142,18 @@ def test_map_chunks_equals_one_call_for_any_remainder(count):
     def fn(chunk):
         return tf.concat([chunk * 2.0, tf.reduce_sum(chunk, 1, keepdims=True)], 1)
 
+    def pair_fn(chunk):
+        values, offsets = chunk
+        return values[:, 0] + offsets
+
+    offsets = tf.range(count, dtype=tf.float32) * 100.0
     for chunk_size in (None, 1, 3, 6, 50):
         np.testing.assert_array_equal(map_chunks(fn, rows, chunk_size), fn(rows))
         traced = tf.function(lambda x: map_chunks(fn, x, chunk_size))
         np.testing.assert_array_equal(traced(rows), fn(rows))
+        np.testing.assert_array_equal(
+            map_chunks(pair_fn, (rows, offsets), chunk_size), pair_fn((rows, offsets))
+        )
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])

@@ -194,6 +194,27 @@ def test_gradients_finite_and_nonzero():
         assert np.any(grad.numpy() != 0), var.path
 
 
+def test_scales_multiply_each_patch_inside_the_chunks():
+    pixels = ragged_pixels([5, 0, 4, 8])
+    scales = pixels.with_values(tf.linspace(0.1, 2.0, 17))
+    scaled = pixels.with_values(pixels.values * scales.values[:, None, None, None])
+    layer = PatchEmbedder(**TINY, chunk_size=4)
+    layer.build(pixels.shape)
+    randomize_batchnorm(layer)
+    expected = layer(scaled, training=False).values
+    np.testing.assert_allclose(layer(pixels, scales=scales, training=False).values, expected, atol=1e-6)
+    np.testing.assert_allclose(layer(pixels.values, scales=scales.values), expected, atol=1e-6)
+    assert np.abs(layer(pixels, training=False).values - expected).max() > 1e-3
+    # Training: the same gradient reaches the scales as through scaled patches.
+    factors = tf.Variable(scales.values)
+    with tf.GradientTape(persistent=True) as tape:
+        direct = tf.reduce_sum(layer(pixels, scales=factors, training=True).values ** 2)
+        through = tf.reduce_sum(
+            layer(pixels.with_values(pixels.values * factors[:, None, None, None]), training=True).values ** 2
+        )
+    np.testing.assert_allclose(tape.gradient(direct, factors), tape.gradient(through, factors), rtol=1e-4, atol=1e-6)
+
+
 def test_config_round_trip():
     layer = PatchEmbedder(
         **TINY, stem_filters=16, min_size=1, bn_momentum=0.9, chunk_size=5, name="emb"
