@@ -1,7 +1,8 @@
 """Overhead of the adaptive part: complexity map + subdivision + extraction.
 
 Times, in inference mode on the CPU, interleaved call by call, of the default
-DynamicPatchModel's stages on the same batch:
+DynamicPatchModel's stages on the same batches (the first 8 images of each set,
+or one batch if --batch is larger; --batch 1 runs them one image at a time):
 
 * complexity map alone (`model.complexity`);
 * complexity map + patcher (`model.patcher`: block means, split decisions,
@@ -13,7 +14,8 @@ DynamicPatchModel's stages on the same batch:
 Also patches per image (mean, p95, max, and the mean per level) on the image
 sets: the 8 photos and needles images, 512x512.
 
-    python recipes/benchmarks/overhead.py            # ~3-5 min on 2 cores
+    python recipes/benchmarks/overhead.py            # batch 8: ~1-2 min on 2 free cores
+    python recipes/benchmarks/overhead.py --batch 1  # one image per call
     python recipes/benchmarks/overhead.py --smoke    # 128x128, tiny: <1 min
 
 Prints a Markdown section for docs/benchmarks.md, with a met/missed line for the
@@ -26,6 +28,7 @@ import tensorflow as tf
 import common
 
 TARGET_SHARE = 0.10
+TIMED_IMAGES = 8
 SPEC = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
 
 
@@ -33,7 +36,7 @@ def options():
     parser = common.parser(__doc__)
     parser.add_argument("--size", type=int, default=512, help="image side")
     parser.add_argument("--batch", type=int, default=8, help="images per timed call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per stage")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch and stage")
     parser.add_argument("--stats-images", type=int, default=64,
                         help="images per set for the patch statistics (photos repeat after 8)")
     args = parser.parse_args()
@@ -62,10 +65,18 @@ def stages(model):
     return functions
 
 
-def timing(model, images, repeats):
-    times = {name: np.median(seconds) for name, seconds in common.time_calls(stages(model), [images], repeats).items()}
+def timing(model, images, batch, repeats):
+    """Per stage: seconds per call of `batch` images, averaged over the batches of `images`.
+
+    Each batch is timed `repeats` times (round robin); its median is taken, and
+    the medians are averaged, so every image counts alike.
+    """
+    batches = [images[start:start + batch] for start in range(0, len(images), batch)]
+    seconds = common.time_calls(stages(model), batches, repeats * len(batches))
+    times = {name: np.median(np.reshape(values, [repeats, len(batches)]), 0).mean()
+             for name, values in seconds.items()}
     embed = times["whole embed"]
-    rows = [[name, f"{seconds:.3f}", f"{1000 * seconds / len(images):.1f}", f"{100 * seconds / embed:.1f}%"]
+    rows = [[name, f"{seconds:.3f}", f"{1000 * seconds / batch:.1f}", f"{100 * seconds / embed:.1f}%"]
             for name, seconds in times.items()]
     share = times["complexity map + patcher"] / embed
     text = common.table(["stage", "median s", "ms / image", "share of embed"], rows)
@@ -90,16 +101,18 @@ def patch_statistics(model, images):
 
 def main():
     args = options()
+    timed = max(args.batch, TIMED_IMAGES)
     common.header(
         "Overhead of complexity map and patcher (issue 6)",
-        [f"Default DynamicPatchModel (random weights), inference, CPU; batch {args.batch} of "
-         f"{args.size}x{args.size} images, median of {args.repeats} calls per stage after one warm-up round, "
-         "stages interleaved call by call."],
+        [f"Default DynamicPatchModel (random weights), inference, CPU; the first {timed} images of each set in "
+         f"batches of {args.batch} ({args.size}x{args.size}); each batch timed {args.repeats} times after one "
+         "warm-up round, stages interleaved call by call; per stage, the mean over batches of the median "
+         "seconds per call."],
     )
-    count = max(args.batch, args.stats_images)
+    count = max(timed, args.stats_images)
     model = common.dynamic_model()
     for name, images in common.image_sets(count, args.size).items():
-        text, line = timing(model, images[:args.batch], args.repeats)
+        text, line = timing(model, images[:timed], args.batch, args.repeats)
         print(f"### {name}\n\n{text}\n\n{line}\n\n{patch_statistics(model, images[:args.stats_images])}\n",
               flush=True)
 
