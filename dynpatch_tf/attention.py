@@ -66,10 +66,14 @@ def map_chunks(fn, flat, chunk_size):
 
     The results are concatenated along the first axis, so for a per-patch
     network the output equals `fn(flat)` while the activations in memory are
-    those of one chunk. The full chunks run one after the other in a
+    those of one chunk. All chunks but the last run one after the other in a
     `tf.while_loop` (the TFLite `WHILE` op) that writes each result into a
-    `tf.TensorArray`; the last, partial chunk runs after the loop. A batch of
-    fewer than `chunk_size` rows costs one call and an empty loop.
+    `tf.TensorArray`. The last call takes the last `chunk_size` rows (all rows
+    if there are fewer), overlapping the previous chunk, and keeps only its new
+    rows: so every call has the same size, none is empty (XNNPACK, LiteRT's CPU
+    delegate, cannot run a convolution on zero rows), and at most
+    `chunk_size - 1` rows are computed twice. A batch of at most `chunk_size`
+    rows costs one call and an empty loop.
 
     Args:
         fn: maps a structure like `flat` of `m` rows to an `[m, ...]` tensor,
@@ -84,23 +88,24 @@ def map_chunks(fn, flat, chunk_size):
     if chunk_size is None:
         return fn(flat)
     count = tf.shape(tf.nest.flatten(flat)[0])[0]
-    full = count // chunk_size
+    looped = tf.maximum((count + chunk_size - 1) // chunk_size - 1, 0)
 
     def rows(start, stop):
         return tf.nest.map_structure(lambda tensor: tensor[start:stop], flat)
 
-    last = fn(rows(full * chunk_size, count))
+    last = fn(rows(tf.maximum(count - chunk_size, 0), count))
     outputs = tf.TensorArray(
-        last.dtype, size=full, element_shape=tf.TensorShape([chunk_size]).concatenate(last.shape[1:])
+        last.dtype, size=looped, element_shape=tf.TensorShape([chunk_size]).concatenate(last.shape[1:])
     )
 
     def step(index, outputs):
         start = index * chunk_size
         return index + 1, outputs.write(index, fn(rows(start, start + chunk_size)))
 
-    _, outputs = tf.while_loop(lambda index, _: index < full, step, [tf.constant(0), outputs])
+    _, outputs = tf.while_loop(lambda index, _: index < looped, step, [tf.constant(0), outputs])
     stacked = tf.reshape(outputs.stack(), tf.concat([[-1], tf.shape(last)[1:]], 0))
-    return tf.concat([tf.ensure_shape(stacked, [None] + last.shape[1:].as_list()), last], 0)
+    new_rows = last[tf.shape(last)[0] - (count - looped * chunk_size) :]
+    return tf.concat([tf.ensure_shape(stacked, [None] + last.shape[1:].as_list()), new_rows], 0)
 
 
 def check_chunk_size(chunk_size):
