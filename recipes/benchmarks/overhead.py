@@ -46,17 +46,25 @@ def options():
 
 
 def stages(model):
-    """{stage: tf.function on uint8 images}."""
+    """{stage: tf.function on uint8 images}.
+
+    Each stage returns sums of its outputs: every output is computed, but none
+    is copied out to NumPy (61 MB of patch pixels for 8 photos would cost more
+    than some stages themselves).
+    """
+    def sums(tensors):
+        return [tf.reduce_sum(tf.cast(tensor, tf.float32)) for tensor in tensors]
+
     def patches(images):
         out = model.patcher(images, model.complexity(images))
-        return [out[key].flat_values for key in ("pixels", "boxes", "levels", "gates")]
+        return sums(out[key].flat_values for key in ("pixels", "boxes", "levels", "gates"))
 
     def embed(images):
         out = model.embed(images)
-        return out["pooled_embedding"], out["patch_embeddings"].flat_values
+        return sums([out["pooled_embedding"], out["patch_embeddings"].flat_values])
 
     functions = {
-        "complexity map": lambda images: model.complexity(images),
+        "complexity map": lambda images: sums([model.complexity(images)]),
         "complexity map + patcher": patches,
         "whole embed": embed,
     }
