@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from dynpatch_tf import images as image_ops
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.complexity import ComplexityMap
 from dynpatch_tf.embedder import PatchEmbedder
@@ -114,7 +115,9 @@ class DynamicPatchModel(keras.Model):
         self.token_size = token_size
         self.embed_dim = embed_dim
         self.position_encoding = position_encoding
-        self.complexity = ComplexityMap(sigma=sigma, validate=validate, name="complexity")
+        # The model checks and converts the images once (see `embed`); its
+        # complexity map and patcher then skip their own checks.
+        self.complexity = ComplexityMap(sigma=sigma, validate=False, name="complexity")
         self.patcher = DynamicPatcher(
             base_size=base_size,
             min_size=min_size,
@@ -126,7 +129,7 @@ class DynamicPatchModel(keras.Model):
             temperature=temperature,
             trainable_thresholds=trainable_thresholds,
             threshold_rate=threshold_rate,
-            validate=validate,
+            validate=False,
             name="patcher",
         )
         self.attention = PatchAttention(
@@ -179,7 +182,8 @@ class DynamicPatchModel(keras.Model):
             * `patch_fraction`: `[B]` soft expected patch count over the count of
               finest patches (what the penalty uses).
         """
-        images = tf.convert_to_tensor(images)
+        min_size = max(self.patcher.base_size, self.complexity.min_size)
+        images = image_ops.prepare_images(images, min_size, self.validate)
         patches = self.patcher(images, self.complexity(images))
         pixels = patches["pixels"]
         pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.compute_dtype))

@@ -195,3 +195,19 @@ def test_too_small_images_are_named_inside_tf_function():
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least 64"):
         embed(np.zeros((1, 32, 40, 3), "float32"))
+
+
+def test_images_are_checked_once_by_the_model():
+    images = np.zeros((1, 64, 64, 3), "float32")
+    images[0, 3, 4, 1] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        DynamicPatchModel(num_classes=2, **TINY)(images)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        DynamicPatchModel(num_classes=2, **TINY)(np.zeros((1, 64, 64, 4), "float32"))
+    # validate=False skips the value checks: NaN goes through.
+    unchecked = DynamicPatchModel(num_classes=2, validate=False, **TINY)
+    assert np.isnan(unchecked(images).numpy()).all()
+    uint8 = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        unchecked(uint8).numpy(), unchecked(uint8.astype("float32") / 255.0).numpy(), atol=1e-6
+    )
