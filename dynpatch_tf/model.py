@@ -164,6 +164,23 @@ class DynamicPatchModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def patches(self, images):
+        """The patcher's output for `images`: the adaptive part of the model.
+
+        The images are checked and converted to float once, here (the
+        complexity map and the patcher of the model skip their own checks),
+        then go through `ComplexityMap` and `DynamicPatcher`.
+
+        Args:
+            images: `[B, H, W, C]` uint8 or float images.
+
+        Returns:
+            `DynamicPatcher`'s dict (`pixels`, `boxes`, `levels`, `gates`, ...).
+        """
+        min_size = max(self.patcher.base_size, self.complexity.min_size)
+        images = image_ops.prepare_images(images, min_size, self.validate)
+        return self.patcher(images, self.complexity(images))
+
     def embed(self, images, training=False):
         """Embeddings of a batch of images.
 
@@ -182,9 +199,8 @@ class DynamicPatchModel(keras.Model):
             * `patch_fraction`: `[B]` soft expected patch count over the count of
               finest patches (what the penalty uses).
         """
-        min_size = max(self.patcher.base_size, self.complexity.min_size)
-        images = image_ops.prepare_images(images, min_size, self.validate)
-        patches = self.patcher(images, self.complexity(images))
+        images = tf.convert_to_tensor(images)
+        patches = self.patches(images)
         pixels = patches["pixels"]
         pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.compute_dtype))
         attention = self.attention(pixels, training=training)

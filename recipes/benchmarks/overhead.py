@@ -5,8 +5,9 @@ DynamicPatchModel's stages on the same batches (the first 8 images of each set,
 or one batch if --batch is larger; --batch 1 runs them one image at a time):
 
 * complexity map alone (`model.complexity`);
-* complexity map + patcher (`model.patcher`: block means, split decisions,
-  cutting, resampling and ordering the patches; all its ragged outputs fetched);
+* complexity map + patcher (`model.patches`: the image check and conversion,
+  then the complexity map and the patcher: block means, split decisions,
+  cutting, resampling and ordering the patches; all its outputs computed);
 * the whole `model.embed` (the above, then attention, embedder, position
   encoding, pooling), the denominator of the share;
 * `embed` + head, the full forward pass.
@@ -56,7 +57,7 @@ def stages(model):
         return [tf.reduce_sum(tf.cast(tensor, tf.float32)) for tensor in tensors]
 
     def patches(images):
-        out = model.patcher(images, model.complexity(images))
+        out = model.patches(images)
         return sums(out[key].flat_values for key in ("pixels", "boxes", "levels", "gates"))
 
     def embed(images):
