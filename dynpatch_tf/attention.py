@@ -68,12 +68,10 @@ def map_chunks(fn, flat, chunk_size):
     network the output equals `fn(flat)` while the activations in memory are
     those of one chunk. All chunks but the last run one after the other in a
     `tf.while_loop` (the TFLite `WHILE` op) that writes each result into a
-    `tf.TensorArray`. The last call takes the last `chunk_size` rows (all rows
-    if there are fewer), overlapping the previous chunk, and keeps only its new
-    rows: so every call has the same size, none is empty (XNNPACK, LiteRT's CPU
-    delegate, cannot run a convolution on zero rows), and at most
-    `chunk_size - 1` rows are computed twice. A batch of at most `chunk_size`
-    rows costs one call and an empty loop.
+    `tf.TensorArray`; the last chunk, 1 to `chunk_size` rows, runs after the
+    loop. No call is empty (XNNPACK, LiteRT's CPU delegate, cannot run a
+    convolution on zero rows) unless `flat` is, and a batch of at most
+    `chunk_size` rows costs one call and an empty loop.
 
     Args:
         fn: maps a structure like `flat` of `m` rows to an `[m, ...]` tensor,
@@ -93,7 +91,7 @@ def map_chunks(fn, flat, chunk_size):
     def rows(start, stop):
         return tf.nest.map_structure(lambda tensor: tensor[start:stop], flat)
 
-    last = fn(rows(tf.maximum(count - chunk_size, 0), count))
+    last = fn(rows(looped * chunk_size, count))
     outputs = tf.TensorArray(
         last.dtype, size=looped, element_shape=tf.TensorShape([chunk_size]).concatenate(last.shape[1:])
     )
@@ -104,8 +102,7 @@ def map_chunks(fn, flat, chunk_size):
 
     _, outputs = tf.while_loop(lambda index, _: index < looped, step, [tf.constant(0), outputs])
     stacked = tf.reshape(outputs.stack(), tf.concat([[-1], tf.shape(last)[1:]], 0))
-    new_rows = last[tf.shape(last)[0] - (count - looped * chunk_size) :]
-    return tf.concat([tf.ensure_shape(stacked, [None] + last.shape[1:].as_list()), new_rows], 0)
+    return tf.concat([tf.ensure_shape(stacked, [None] + last.shape[1:].as_list()), last], 0)
 
 
 def check_chunk_size(chunk_size):
