@@ -14,8 +14,11 @@ everywhere unless capped). Sizes 512^2, 1024^2, 2048^2 and 4096^2, batch 1 and 8
 (no batch 8 at 4096^2). A process whose resident memory passes --max-gb is
 killed and reported as such.
 
-    python recipes/benchmarks/scaling.py            # ~30-45 min on 2 cores
+    python recipes/benchmarks/scaling.py            # ~11 min on 2 free cores
     python recipes/benchmarks/scaling.py --smoke    # 64 and 128 px, batch 1: ~2 min
+    # the networks in chunks of 1024 patches (the default) against one call:
+    python recipes/benchmarks/scaling.py --images noise --uncapped-only \
+        --sizes 512 2048 --batches 1 --chunk-sizes 1024 none
 
 Prints a Markdown section for docs/benchmarks.md, with a met/missed line per
 series for the issue's target: time at 2048^2 / time at 512^2 <= 17.6 (16x the
@@ -23,6 +26,7 @@ pixels, 10% slack).
 """
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -33,8 +37,10 @@ import time
 import numpy as np
 
 import common
+from dynpatch_tf import DynamicPatchModel  # after common, which quiets TensorFlow
 
 MB = 1 << 20
+DEFAULT_CHUNK = inspect.signature(DynamicPatchModel).parameters["chunk_size"].default
 
 
 def options():
@@ -44,6 +50,10 @@ def options():
     parser.add_argument("--no-large-batch-from", type=int, default=4096,
                         help="sizes from this up run at batch 1 only")
     parser.add_argument("--cap", type=int, default=4096, help="max_patches of the capped runs")
+    parser.add_argument("--uncapped-only", action="store_true", help="skip the capped runs")
+    parser.add_argument("--images", nargs="+", default=["retina", "noise"], choices=["retina", "noise"])
+    parser.add_argument("--chunk-sizes", nargs="+", default=[str(DEFAULT_CHUNK)],
+                        help="the model's chunk_size for each series ('none': all patches in one call)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per configuration")
     parser.add_argument("--ratio", type=int, nargs=2, default=[512, 2048], metavar=("SMALL", "LARGE"),
                         help="sizes of the time-per-pixel target")
@@ -54,6 +64,7 @@ def options():
     if args.smoke:
         args.sizes, args.batches = [64, 128], [1]
         args.cap, args.repeats, args.ratio = 64, 1, [64, 128]
+    args.chunk_sizes = [None if value.lower() == "none" else int(value) for value in args.chunk_sizes]
     return args
 
 
@@ -70,7 +81,7 @@ def images_for(image, size, batch):
 
 def child(config):
     """Measure one configuration; print one JSON line."""
-    model = common.dynamic_model(max_patches=config["cap"])
+    model = common.dynamic_model(max_patches=config["cap"], chunk_size=config["chunk"])
     run = common.predictor(model)
     images = images_for(config["image"], config["size"], config["batch"])
     warm = np.zeros((config["batch"], 128, 128, 3), np.uint8)
@@ -122,12 +133,14 @@ def measure(config, args):
 
 
 def configurations(args):
-    for image in ("retina", "noise"):
-        for cap in (None, args.cap):
-            for batch in args.batches:
-                for size in args.sizes:
-                    if batch == 1 or size < args.no_large_batch_from:
-                        yield {"image": image, "cap": cap, "batch": batch, "size": size, "repeats": args.repeats}
+    for image in args.images:
+        for cap in (None,) if args.uncapped_only else (None, args.cap):
+            for chunk in args.chunk_sizes:
+                for batch in args.batches:
+                    for size in args.sizes:
+                        if batch == 1 or size < args.no_large_batch_from:
+                            yield {"image": image, "cap": cap, "chunk": chunk, "batch": batch, "size": size,
+                                   "repeats": args.repeats}
 
 
 def main():
@@ -140,40 +153,43 @@ def main():
     common.header(
         "Scaling with image size (issue 6)",
         [f"Default DynamicPatchModel (random weights), inference on the CPU, one fresh process per row; "
-         f"median of {args.repeats} calls after a traced warm-up on 128x128. Cap: max_patches={args.cap}. "
+         f"median of {args.repeats} calls after a traced warm-up on 128x128. Cap: max_patches={args.cap}; "
+         "chunk: the model's chunk_size (none: the networks take all patches in one call). "
          f"Peak memory: ru_maxrss of the process; 'above baseline' subtracts the baseline process "
          f"(import, build, one 128x128 image). Limit {args.max_gb:g} GB resident."],
     )
-    base = measure({"image": "noise", "cap": None, "batch": 1, "size": 128, "repeats": 0}, args)
+    base = measure({"image": "noise", "cap": None, "chunk": DEFAULT_CHUNK, "batch": 1, "size": 128, "repeats": 0},
+                   args)
     base_mb = base.get("peak_mb", 0.0)
     print(f"Baseline process: {base_mb:.0f} MB peak." if "peak_mb" in base else f"Baseline: {base['error']}.")
     print()
     rows, results = [], {}
     for config in configurations(args):
         result = measure(config, args)
-        key = (config["image"], config["cap"], config["batch"])
+        key = (config["image"], config["cap"], config["chunk"], config["batch"])
         results[key, config["size"]] = result
-        cap = config["cap"] or "none"
+        cap, chunk = config["cap"] or "none", config["chunk"] or "none"
         if "error" in result:
-            rows.append([config["image"], cap, f"{config['size']}^2", config["batch"], "-", "-", "-", "-", "-", "-",
-                         result["error"]])
+            rows.append([config["image"], cap, chunk, f"{config['size']}^2", config["batch"], "-", "-", "-", "-", "-",
+                         "-", result["error"]])
             continue
         seconds = result["seconds"]
         smallest = results.get((key, args.sizes[0]), {}).get("seconds")
         per_pixel = 1e9 * seconds / (config["batch"] * config["size"] ** 2)
         rows.append([
-            config["image"], cap, f"{config['size']}^2", config["batch"], f"{result['patches']:.0f}",
+            config["image"], cap, chunk, f"{config['size']}^2", config["batch"], f"{result['patches']:.0f}",
             f"{seconds:.3f}", f"{per_pixel:.1f}",
             f"{seconds / smallest:.2f}" if smallest else "-",
             f"{result['peak_mb']:.0f}", f"{result['peak_mb'] - base_mb:.0f}", "",
         ])
         print(f"<!-- {json.dumps(config)}: {json.dumps(result)} -->", flush=True)
-    columns = ["image", "cap", "size", "batch", "patches / image", "median s", "ns / pixel",
+    columns = ["image", "cap", "chunk", "size", "batch", "patches / image", "median s", "ns / pixel",
                f"time / time at {args.sizes[0]}^2", "peak MB", "above baseline MB", "note"]
     print("\n" + common.table(columns, rows) + "\n")
-    for image, cap, batch in dict.fromkeys(key for key, _ in results):
-        one, two = results.get(((image, cap, batch), small), {}), results.get(((image, cap, batch), large), {})
-        name = f"{image}, cap {cap or 'none'}, batch {batch}"
+    for image, cap, chunk, batch in dict.fromkeys(key for key, _ in results):
+        key = (image, cap, chunk, batch)
+        one, two = results.get((key, small), {}), results.get((key, large), {})
+        name = f"{image}, cap {cap or 'none'}, chunk {chunk or 'none'}, batch {batch}"
         if "seconds" in one and "seconds" in two:
             ratio = two["seconds"] / one["seconds"]
             print(common.verdict(f"time per pixel flat, {large}^2 / {small}^2 time <= {target:.1f} ({name})",
