@@ -42,7 +42,7 @@ def laplacian_of_gaussian(gray, sigma, truncate=TRUNCATE):
     result along y with the other kernel, and the two summed.
 
     One-channel convolutions are slow on CPUs, so the pixels of every row are
-    grouped: each run of `g` neighbouring pixels (16 for sigma up to 3.9; see
+    grouped: each run of `g` neighbouring pixels (16 for sigma up to 4.1; see
     `group_size`) becomes the `g` channels of one position, a free reshape. The
     x filters are then ordinary `g`-to-`g` channel convolutions over the
     neighbouring groups, and the y filters depthwise convolutions. This is
