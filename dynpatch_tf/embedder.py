@@ -335,21 +335,21 @@ class PatchEmbedder(keras.layers.Layer):
             training: BatchNorm mode.
         """
         flat, restore = flat_patches(pixels)
-        if scales is None:
-            scales = tf.ones(tf.shape(flat)[:1], self.compute_dtype)
-        elif isinstance(scales, tf.RaggedTensor):
-            scales = scales.values
-        scales = tf.reshape(tf.cast(scales, self.compute_dtype), [-1])
+        inputs = (flat,)
+        if scales is not None:
+            scales = scales.values if isinstance(scales, tf.RaggedTensor) else scales
+            inputs += (tf.reshape(tf.cast(scales, self.compute_dtype), [-1]),)
 
         def embed(chunk):
-            patches, factors = chunk
-            x = tf.cast(patches, self.compute_dtype) * factors[:, None, None, None]
+            x = tf.cast(chunk[0], self.compute_dtype)
+            if len(chunk) == 2:
+                x *= chunk[1][:, None, None, None]
             x = conv_bn(self.stem, self.stem_bn, x, training)
             for block in self.blocks:
                 x = block(x, training=training)
             return self.embedding(self.global_pool(x))
 
-        return restore(map_chunks(embed, (flat, scales), None if training else self.chunk_size))
+        return restore(map_chunks(embed, inputs, None if training else self.chunk_size))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-3] + (self.embed_dim,)
