@@ -2,130 +2,16 @@
 
 The CNN runs on all patches of all images as one flat batch (`pixels.values`
 of the ragged patch tensor); `row_splits` maps the weights back to images.
-
-The module also holds the helpers that every per-patch layer of the library
-shares: `flat_patches` (ragged or dense patches -> one flat batch, and back),
-`map_chunks` (run a network over the flat batch a chunk at a time) and
-`build_sequence` (build a chain of sublayers shape by shape).
 """
 
 import keras
 import tensorflow as tf
 
+from dynpatch_tf.patch_ops import (
+    build_sequence, check_chunk_size, flat_patches, flat_shape, map_chunks, segment_softmax,
+)
+
 ACTIVATIONS = ("sigmoid", "softmax", None)
-
-
-def flat_patches(pixels):
-    """Splits patches into one flat batch and a function that restores them.
-
-    Args:
-        pixels: a `tf.RaggedTensor` [B, (N), P, P, C] with ragged_rank 1, a
-            dense [B, N, P, P, C] tensor (a fixed number of patches per
-            image), or a dense [n, P, P, C] tensor (a flat patch batch).
-
-    Returns:
-        `(flat, restore)`: `flat` is the dense [n, P, P, C] patch batch and
-        `restore(values)` puts per-patch results `values` [n, ...] back into
-        the structure of `pixels`: a RaggedTensor [B, (N), ...] sharing
-        `pixels.row_splits`, a dense [B, N, ...] tensor, or `values` itself.
-
-    Raises:
-        ValueError: for any other rank or ragged structure.
-    """
-    if isinstance(pixels, tf.RaggedTensor):
-        if pixels.ragged_rank != 1 or pixels.shape.rank != 5:
-            raise ValueError(
-                "Patches must be a RaggedTensor [B, (N), P, P, C] with "
-                f"ragged_rank 1; got shape {pixels.shape} with ragged_rank "
-                f"{pixels.ragged_rank}."
-            )
-        return pixels.values, pixels.with_values
-    rank = pixels.shape.rank
-    if rank == 4:
-        return pixels, lambda values: values
-    if rank == 5:
-        outer = tf.shape(pixels)[:2]
-        flat = tf.reshape(pixels, tf.concat([[-1], tf.shape(pixels)[2:]], 0))
-        flat = tf.ensure_shape(flat, [None] + pixels.shape[2:].as_list())
-
-        def restore(values):
-            shape = tf.concat([outer, tf.shape(values)[1:]], 0)
-            static = pixels.shape[:2].concatenate(values.shape[1:])
-            return tf.ensure_shape(tf.reshape(values, shape), static)
-
-        return flat, restore
-    raise ValueError(
-        "Patches must be a RaggedTensor [B, (N), P, P, C] or a dense tensor "
-        f"[B, N, P, P, C] or [n, P, P, C]; got rank {rank}, shape "
-        f"{pixels.shape}."
-    )
-
-
-def map_chunks(fn, flat, chunk_size):
-    """`fn` over a flat batch, at most `chunk_size` rows at a time.
-
-    The results are concatenated along the first axis, so for a per-patch
-    network the output equals `fn(flat)` while the activations in memory are
-    those of one chunk. All chunks but the last run one after the other in a
-    `tf.while_loop` (the TFLite `WHILE` op) that writes each result into a
-    `tf.TensorArray`; the last chunk, 1 to `chunk_size` rows, runs after the
-    loop. No call is empty (XNNPACK, LiteRT's CPU delegate, cannot run a
-    convolution on zero rows) unless `flat` is, and a batch of at most
-    `chunk_size` rows costs one call and an empty loop.
-
-    Args:
-        fn: maps a structure like `flat` of `m` rows to an `[m, ...]` tensor,
-            row by row.
-        flat: an `[n, ...]` tensor, or a tuple of them with the same `n`
-            (sliced alike).
-        chunk_size: rows per call, or None for one call on all of `flat`.
-
-    Returns:
-        `[n, ...]`, the rows of `fn`'s results in order.
-    """
-    if chunk_size is None:
-        return fn(flat)
-    count = tf.shape(tf.nest.flatten(flat)[0])[0]
-    looped = tf.maximum((count + chunk_size - 1) // chunk_size - 1, 0)
-
-    def rows(start, stop):
-        return tf.nest.map_structure(lambda tensor: tensor[start:stop], flat)
-
-    last = fn(rows(looped * chunk_size, count))
-    outputs = tf.TensorArray(
-        last.dtype, size=looped, element_shape=tf.TensorShape([chunk_size]).concatenate(last.shape[1:])
-    )
-
-    def step(index, outputs):
-        start = index * chunk_size
-        return index + 1, outputs.write(index, fn(rows(start, start + chunk_size)))
-
-    _, outputs = tf.while_loop(lambda index, _: index < looped, step, [tf.constant(0), outputs])
-    stacked = tf.reshape(outputs.stack(), tf.concat([[-1], tf.shape(last)[1:]], 0))
-    return tf.concat([tf.ensure_shape(stacked, [None] + last.shape[1:].as_list()), last], 0)
-
-
-def check_chunk_size(chunk_size):
-    """`chunk_size` as an int, or None; anything else is refused with its value."""
-    if chunk_size is None:
-        return None
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}.")
-    return int(chunk_size)
-
-
-def flat_shape(input_shape):
-    """The shape [None, P, P, C] of the flat patch batch for `input_shape`."""
-    return (None,) + tuple(input_shape)[-3:]
-
-
-def build_sequence(layers, input_shape):
-    """Builds `layers` one after the other; returns the last output shape."""
-    shape = tuple(input_shape)
-    for layer in layers:
-        layer.build(shape)
-        shape = tuple(layer.compute_output_shape(shape))
-    return shape
 
 
 def fit_pools(size, num_convs):
@@ -146,22 +32,6 @@ def fit_pools(size, num_convs):
         if size is not None and size > 1:
             size = -(-size // 2)
     return flags
-
-
-def segment_softmax(logits):
-    """Softmax over the patches of each image of a ragged [B, (N)] tensor.
-
-    Numerically stable: each image's maximum logit is subtracted first
-    (`tf.math.segment_max` over the value row ids). Computed in float32 and
-    returned in the dtype of `logits`, sharing its row_splits. Images with
-    no patches give empty rows.
-    """
-    values = tf.cast(logits.values, tf.float32)
-    rows = logits.value_rowids()
-    peak = tf.stop_gradient(tf.math.segment_max(values, rows))
-    exp = tf.exp(values - tf.gather(peak, rows))
-    total = tf.math.segment_sum(exp, rows)
-    return logits.with_values(tf.cast(exp / tf.gather(total, rows), logits.dtype))
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
@@ -255,7 +125,8 @@ class PatchAttention(keras.layers.Layer):
 
     def call(self, pixels, training=None):
         flat, restore = flat_patches(pixels)
-        logits = map_chunks(self._logits, flat, None if training else self.chunk_size)
+        chunk_size = None if training else self.chunk_size
+        logits = map_chunks(self._logits, flat, chunk_size, (), self.compute_dtype)
         return self._activate(restore(logits))
 
     def _logits(self, flat):

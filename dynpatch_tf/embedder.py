@@ -10,7 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
-from dynpatch_tf.attention import build_sequence, check_chunk_size, flat_patches, flat_shape, map_chunks
+from dynpatch_tf.patch_ops import build_sequence, check_chunk_size, flat_patches, flat_shape, map_chunks
 
 # (expansion, channels, repeats, stride) per stage, as in the MobileNetV2
 # paper's table; expansion None means the embedder's `expansion` argument.
@@ -349,7 +349,8 @@ class PatchEmbedder(keras.layers.Layer):
                 x = block(x, training=training)
             return self.embedding(self.global_pool(x))
 
-        return restore(map_chunks(embed, inputs, None if training else self.chunk_size))
+        chunk_size = None if training else self.chunk_size
+        return restore(map_chunks(embed, inputs, chunk_size, (self.embed_dim,), self.compute_dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-3] + (self.embed_dim,)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf.attention import PatchAttention, fit_pools, map_chunks
+from dynpatch_tf.attention import PatchAttention, fit_pools
 
 P = 8
 ROW_LENGTHS = [2, 0, 1, 3]  # several, none, one, several patches
@@ -138,27 +138,6 @@ def test_gradients_finite_and_nonzero(activation):
             np.testing.assert_allclose(grad, 0.0, atol=1e-6)
         else:
             assert np.any(grad.numpy() != 0), var.path
-
-
-@pytest.mark.parametrize("count", [0, 1, 6, 7, 19])
-def test_map_chunks_equals_one_call_for_any_remainder(count):
-    rows = tf.reshape(tf.range(count * 2, dtype=tf.float32), [count, 2])
-
-    def fn(chunk):
-        return tf.concat([chunk * 2.0, tf.reduce_sum(chunk, 1, keepdims=True)], 1)
-
-    def pair_fn(chunk):
-        values, offsets = chunk
-        return values[:, 0] + offsets
-
-    offsets = tf.range(count, dtype=tf.float32) * 100.0
-    for chunk_size in (None, 1, 3, 6, 50):
-        np.testing.assert_array_equal(map_chunks(fn, rows, chunk_size), fn(rows))
-        traced = tf.function(lambda x: map_chunks(fn, x, chunk_size))
-        np.testing.assert_array_equal(traced(rows), fn(rows))
-        np.testing.assert_array_equal(
-            map_chunks(pair_fn, (rows, offsets), chunk_size), pair_fn((rows, offsets))
-        )
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
