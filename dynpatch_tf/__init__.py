@@ -8,14 +8,24 @@ Public names (see docs and each class's docstring):
 >>> model = dp.DynamicPatchModel(num_classes=4)
 """
 
-from dynpatch_tf.attention import PatchAttention
-from dynpatch_tf.complexity import ComplexityMap
-from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset, make_augmentation
-from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder
-from dynpatch_tf.model import DynamicPatchModel
-from dynpatch_tf.needles import make_needles, needles_dataset, write_needles_folder
-from dynpatch_tf.patcher import DynamicPatcher
-from dynpatch_tf.position import PatchPositionEncoding
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "dynpatch_tf runs on Keras' TensorFlow backend only (ragged tensors, tf.data, "
+        f"SavedModel and TFLite export); Keras is set to the {keras.backend.backend()!r} "
+        "backend. Set KERAS_BACKEND=tensorflow (or \"backend\" in ~/.keras/keras.json)."
+    )
+
+from dynpatch_tf.attention import PatchAttention  # noqa: E402
+from dynpatch_tf.complexity import ComplexityMap  # noqa: E402
+from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset, make_augmentation  # noqa: E402
+from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder  # noqa: E402
+from dynpatch_tf.model import DynamicPatchModel  # noqa: E402
+from dynpatch_tf.needles import make_needles, needles_dataset, write_needles_folder  # noqa: E402
+from dynpatch_tf.parts import default_parts  # noqa: E402
+from dynpatch_tf.patcher import DynamicPatcher  # noqa: E402
+from dynpatch_tf.position import PatchPositionEncoding  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,5 +43,6 @@ __all__ = [
     "make_augmentation",
     "make_needles",
     "needles_dataset",
+    "default_parts",
     "write_needles_folder",
 ]

@@ -85,6 +85,7 @@ class PatchAttention(keras.layers.Layer):
     def __init__(self, filters=(16, 32), kernel_size=3, activation="sigmoid",
                  chunk_size=None, **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # ragged tensors do not compile with XLA
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {ACTIVATIONS}; got {activation!r}."

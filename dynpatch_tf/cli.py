@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from dynpatch_tf.data import IMAGE_EXTENSIONS, clean_op_message, image_folder_dataset
-from dynpatch_tf.model import DEFAULT_THRESHOLDS, DynamicPatchModel
+from dynpatch_tf.model import DynamicPatchModel
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 from dynpatch_tf.needles import NEEDLE_KINDS, make_needles
 from dynpatch_tf.visualize import render_patches, save_png
 

@@ -252,6 +252,7 @@ class PatchEmbedder(keras.layers.Layer):
                  blocks=DEFAULT_BLOCKS, stem_filters=32, min_size=2,
                  bn_momentum=0.9, bn_epsilon=1e-3, chunk_size=None, **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # ragged tensors do not compile with XLA
         self.embed_dim = int(embed_dim)
         self.width_multiplier = float(width_multiplier)
         self.expansion = int(expansion)

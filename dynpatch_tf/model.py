@@ -1,162 +1,150 @@
-"""DynamicPatchModel: complexity map -> quadtree patches -> attention -> embedder."""
+"""DynamicPatchModel: complexity map -> quadtree patches -> attention -> embedder -> head.
+
+Training. The patcher's thresholds are weights, and the straight-through gates
+of the patcher multiply each patch's attention weight (value 1, gradient of the
+soft split probabilities), so the task loss reaches the thresholds. The
+subdivision penalty (`DynamicPatchModel.penalty`) is added to the loss by the
+model's train and test steps, which also log it as `penalty` and the hard patch
+count per image as `patches`. No metric is updated in `call`, so `call` is a
+pure function that exports as it is. A custom training loop adds
+`model.penalty(outputs["patch_fraction"])` to its loss itself.
+
+Mixed precision. The model's dtype policy (`dtype="mixed_bfloat16"` or
+`"mixed_float16"`) reaches the networks of the default parts (attention,
+embedder, position encoding); the complexity map and the patcher's decisions,
+the reductions over patches (weighted mean, softmax, penalty) and the head
+compute in float32.
+
+XLA. Ragged tensors do not compile with XLA: the patcher, attention and
+embedder say `supports_jit = False`, so Keras' `jit_compile="auto"` leaves XLA
+off and `jit_compile=True` falls back with a warning.
+"""
 
 import keras
 import tensorflow as tf
 
 from dynpatch_tf import images as image_ops
-from dynpatch_tf.attention import PatchAttention
-from dynpatch_tf.complexity import ComplexityMap
-from dynpatch_tf.embedder import PatchEmbedder
-from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
-from dynpatch_tf.position import PatchPositionEncoding
+from dynpatch_tf.parts import PART_NAMES, check_options, default_parts
+from dynpatch_tf.patch_ops import weighted_mean
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
 class DynamicPatchModel(keras.Model):
-    """An adaptive-resolution image classifier and embedder.
+    """An adaptive-resolution image classifier and embedder, composed of its parts.
 
-    Each image goes through `ComplexityMap` and `DynamicPatcher`; all patches of
-    all images then go through `PatchAttention` and, multiplied by their weight,
-    through `PatchEmbedder` as ONE flat batch (the ragged tensors' values), and the
-    results go back to their images through the row splits. Nothing is padded to a
-    common patch count.
+    Each image goes through the `complexity` map and the `patcher`; all patches
+    of all images then go through the `attention` CNN and, multiplied by their
+    weight, through the `embedder` as ONE flat batch (the ragged tensors'
+    values), and the results go back to their images through the row splits.
+    Nothing is padded to a common patch count.
 
-    `embed(images)` returns the embeddings; `call(images)` returns the logits of a
-    Dense head on the attention-weighted mean of the patch embeddings (or that
-    pooled embedding itself when `num_classes` is None).
+    Parts are passed as objects (as keras-hub composes a task from a backbone
+    and a head) and serialised nested, so every option of every part is
+    reachable. The short path: leave a part out and it is made by
+    `default_parts` from the options among `**kwargs` (`num_classes`,
+    `thresholds`, `token_size`, `embed_dim`, ...; see `default_parts`). An
+    option for a part that was passed as an object is an error.
 
-    Subdivision is learned: the patcher's thresholds are weights, and the
-    straight-through gates of the patcher multiply each patch's attention weight
-    (value 1, gradient of the soft split probabilities), so the task loss reaches
-    the thresholds. The subdivision penalty, `penalty_weight` times the soft
-    expected patch count per image divided by the count of `min_size` patches that
-    would tile the image, is added with `add_loss`, so `fit` minimises it too.
-    `fit`, `evaluate` show it as `penalty`, and the mean hard patch count per image
-    as `patches`.
-
-    Ragged tensors do not compile with XLA, so `compile` defaults to
-    `jit_compile=False` (Keras' `"auto"` would pick XLA on a GPU).
+    `embed(images)` returns the embeddings; `call(images)` returns the logits
+    of the head on the attention-weighted mean of the patch embeddings (or
+    that pooled embedding itself when there is no head). Training, mixed
+    precision and XLA: see the module docstring.
 
     Args:
-        num_classes: classes of the Dense head; None for an embedding model.
-        thresholds: the patcher's initial thresholds, one per split level.
-        trainable_thresholds: whether training moves the thresholds.
-        threshold_rate: how fast training moves the thresholds (see
-            `DynamicPatcher`).
+        complexity: a `ComplexityMap`, or None for the default.
+        patcher: a `DynamicPatcher`, or None for the default.
+        attention: a `PatchAttention`, or None for the default. (A string is
+            read as the option `attention_activation`, as files saved by
+            version 0.1.0 have it.)
+        embedder: a `PatchEmbedder`, or None for the default.
+        position: a `PatchPositionEncoding` (or a layer with its call
+            signature), None for the default, or False for none.
+        head: a layer mapping the pooled embedding `[B, D]` to logits, or
+            None for the default (`Dense(num_classes)`, or no head when
+            `num_classes` is None).
         penalty_weight: weight of the subdivision penalty (0 turns it off).
-        token_size: side every patch is resampled to.
-        embed_dim: size of the patch embeddings.
-        rule: `"quadtree"`, `"block"` or `"budget"` (see `DynamicPatcher`).
-        max_patches: cap on patches per image.
-        budget: patches per image for `rule="budget"`.
-        base_size: side of the base blocks.
-        min_size: side of the smallest patches.
-        sigma: LoG scale(s) of the complexity map.
-        temperature: softness of the split probabilities.
-        attention: `"sigmoid"` (a weight in (0, 1) per patch) or `"softmax"`
-            (weights sum to 1 over an image's patches).
-        attention_filters: conv filters of the attention CNN.
-        width_multiplier: width of the inverted-residual embedder.
-        position_encoding: add a learned encoding of each patch's box (centre
-            and size) to its embedding.
-        chunk_size: at inference, the attention CNN and the embedder run over
-            the flat patch batch this many patches at a time (see
-            `map_chunks`), with the same outputs; None runs them on all patches
-            at once. The default, 1024, bounds the activations in memory
-            whatever the image size or batch, and on the CPU it is also faster
-            than one call over tens of thousands of patches
-            (`docs/benchmarks.md`, "Scaling"); on a GPU a larger value may be
-            faster. Training always runs the whole flat batch.
         validate: check image values (NaN, Inf) and sizes when the graph runs.
-        **kwargs: base `keras.Model` arguments.
+        **kwargs: options of the default parts (see `default_parts`) and base
+            `keras.Model` arguments (`name`, `dtype`, ...).
 
     Input shape:
         `[B, H, W, C]` uint8 (0..255) or float (0..1), `C` in {1, 3},
         `H, W >= base_size`; H and W may change from batch to batch.
 
     Output shape:
-        `[B, num_classes]` float32 logits (or `[B, embed_dim]`).
+        `[B, num_classes]` float32 logits (or `[B, embed_dim]` without a head).
 
     Example:
 
     >>> model = DynamicPatchModel(num_classes=3, token_size=8, embed_dim=16)
-    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> model.compile()  # Adam, sparse cross-entropy on logits, accuracy
     >>> model(np.random.rand(2, 128, 128, 3).astype("float32")).shape
     TensorShape([2, 3])
+    >>> custom = DynamicPatchModel(patcher=DynamicPatcher(rule="block", token_size=8),
+    ...                            head=keras.layers.Dense(3))
     """
 
-    def __init__(
-        self,
-        num_classes=None,
-        thresholds=DEFAULT_THRESHOLDS,
-        trainable_thresholds=True,
-        threshold_rate=10.0,
-        penalty_weight=0.0,
-        token_size=16,
-        embed_dim=64,
-        rule="quadtree",
-        max_patches=None,
-        budget=None,
-        base_size=64,
-        min_size=8,
-        sigma=1.0,
-        temperature=0.005,
-        attention="sigmoid",
-        attention_filters=(16, 32),
-        width_multiplier=0.5,
-        position_encoding=True,
-        chunk_size=1024,
-        validate=True,
-        **kwargs,
-    ):
+    def __init__(self, complexity=None, patcher=None, attention=None, embedder=None,
+                 position=None, head=None, penalty_weight=0.0, validate=True, **kwargs):
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name not in _MODEL_ARGUMENTS}
+        if isinstance(attention, str):
+            options["attention_activation"], attention = attention, None
         super().__init__(**kwargs)
-        self.num_classes = num_classes
+        parts = dict(zip(PART_NAMES, (complexity, patcher, attention, embedder, position, head)))
+        check_options(options, [name for name, part in parts.items() if part is not None])
+        missing = [name for name, part in parts.items() if part is None]
+        parts.update(default_parts(include=missing, dtype=self.dtype_policy, **options))
+        for name, part in parts.items():  # position=False: no position encoding
+            setattr(self, name, None if part is False else part)
         self.penalty_weight = float(penalty_weight)
-        self.token_size = token_size
-        self.embed_dim = embed_dim
-        self.position_encoding = position_encoding
-        # The model checks and converts the images once (see `embed`); its
-        # complexity map and patcher then skip their own checks.
-        self.complexity = ComplexityMap(sigma=sigma, validate=False, name="complexity")
-        self.patcher = DynamicPatcher(
-            base_size=base_size,
-            min_size=min_size,
-            thresholds=thresholds,
-            token_size=token_size,
-            rule=rule,
-            max_patches=max_patches,
-            budget=budget,
-            temperature=temperature,
-            trainable_thresholds=trainable_thresholds,
-            threshold_rate=threshold_rate,
-            validate=False,
-            name="patcher",
-        )
-        self.attention = PatchAttention(
-            filters=attention_filters, activation=attention, chunk_size=chunk_size, name="attention"
-        )
-        self.embedder = PatchEmbedder(
-            embed_dim=embed_dim, width_multiplier=width_multiplier, chunk_size=chunk_size,
-            name="embedder",
-        )
-        self.position = PatchPositionEncoding(embed_dim, name="position") if position_encoding else None
-        self.head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
+        self.validate = validate
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
         self.patches_tracker = keras.metrics.Mean(name="patches")
-        self.validate = validate
+
+    @property
+    def num_classes(self):
+        """The head's output size, or None for an embedding model."""
+        if self.head is None:
+            return None
+        return self.head.compute_output_shape((None, self.embedder.embed_dim))[-1]
+
+    @property
+    def thresholds(self):
+        """The patcher's current thresholds, one value per split level."""
+        return self.patcher.thresholds
 
     def build(self, input_shape):
-        patch_shape = (None, self.token_size, self.token_size, input_shape[-1])
-        self.patcher.build()
-        self.attention.build(patch_shape)
-        self.embedder.build(patch_shape)
+        """Builds every part that is not built yet (a part passed in may be)."""
+        token = self.patcher.token_size
+        patch_shape = (None, None, token, token, input_shape[-1])
+        shapes = [(self.patcher, ()), (self.attention, (patch_shape,)), (self.embedder, (patch_shape,))]
         if self.position is not None:
-            self.position.build()
+            shapes.append((self.position, ((None, 4), (2,))))
         if self.head is not None:
-            self.head.build((None, self.embed_dim))
+            shapes.append((self.head, ((None, self.embedder.embed_dim),)))
+        for layer, args in shapes:
+            if not layer.built:
+                layer.build(*args)
 
-    def compile(self, *args, jit_compile=False, **kwargs):
-        super().compile(*args, jit_compile=jit_compile, **kwargs)
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """`keras.Model.compile` with working defaults: `model.compile()` trains a classifier.
+
+        Args:
+            optimizer: `"auto"` for `Adam(1e-3)`, or any optimizer.
+            loss: `"auto"` for `SparseCategoricalCrossentropy(from_logits=True)`
+                on a model with a head (none without one), or any loss.
+            metrics: `"auto"` for `["accuracy"]` on a model with a head, or
+                any metrics.
+            **kwargs: other `keras.Model.compile` arguments.
+        """
+        classifier = self.head is not None
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True) if classifier else None
+        if metrics == "auto":
+            metrics = ["accuracy"] if classifier else None
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
         """Restore the compile settings of a saved model (as `keras.Model` does)."""
@@ -167,9 +155,9 @@ class DynamicPatchModel(keras.Model):
     def patches(self, images):
         """The patcher's output for `images`: the adaptive part of the model.
 
-        The images are checked and converted to float once, here (the
-        complexity map and the patcher of the model skip their own checks),
-        then go through `ComplexityMap` and `DynamicPatcher`.
+        The images are checked and converted to float once, here, then go
+        through the complexity map and the patcher. Builds the model on first
+        use, so any entry point may come first.
 
         Args:
             images: `[B, H, W, C]` uint8 or float images.
@@ -177,6 +165,9 @@ class DynamicPatchModel(keras.Model):
         Returns:
             `DynamicPatcher`'s dict (`pixels`, `boxes`, `levels`, `gates`, ...).
         """
+        images = tf.convert_to_tensor(images)
+        if not self.built:
+            self.build(images.shape)
         min_size = max(self.patcher.base_size, self.complexity.min_size)
         images = image_ops.prepare_images(images, min_size, self.validate)
         return self.patcher(images, self.complexity(images))
@@ -190,10 +181,10 @@ class DynamicPatchModel(keras.Model):
 
         Returns:
             A dict:
-            * `patch_embeddings`: RaggedTensor `[B, (N), D]`;
+            * `patch_embeddings`: RaggedTensor `[B, (N), D]`, compute dtype;
             * `global_embedding`: RaggedTensor `[B, (N*D)]`, the concatenation of
               an image's patch embeddings in patch order;
-            * `pooled_embedding`: `[B, D]`, their attention-weighted mean;
+            * `pooled_embedding`: `[B, D]` float32, their attention-weighted mean;
             * `attention`: RaggedTensor `[B, (N)]` patch weights;
             * `boxes`, `levels`: RaggedTensors from the patcher;
             * `patch_fraction`: `[B]` soft expected patch count over the count of
@@ -202,76 +193,99 @@ class DynamicPatchModel(keras.Model):
         images = tf.convert_to_tensor(images)
         patches = self.patches(images)
         pixels = patches["pixels"]
-        pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.compute_dtype))
+        pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.embedder.compute_dtype))
         attention = self.attention(pixels, training=training)
-        weights = attention.values * tf.cast(patches["gates"].values, attention.dtype)
+        # In float32: the gates carry the thresholds' straight-through gradient.
+        weights = tf.cast(attention.values, tf.float32) * patches["gates"].values
         embeddings = self.embedder(pixels, scales=weights, training=training).values
         boxes = patches["boxes"]
         if self.position is not None:
-            embeddings += self.position(boxes.values, tf.shape(images)[1:3])
+            embeddings += tf.cast(self.position(boxes.values, tf.shape(images)[1:3]), embeddings.dtype)
+        embed_dim = self.embedder.embed_dim
         return {
             "patch_embeddings": pixels.with_values(embeddings),
             "global_embedding": tf.RaggedTensor.from_row_splits(
-                tf.reshape(embeddings, [-1]), pixels.row_splits * self.embed_dim, validate=False
+                tf.reshape(embeddings, [-1]), pixels.row_splits * embed_dim, validate=False
             ),
-            "pooled_embedding": _weighted_mean(embeddings, weights, pixels),
+            "pooled_embedding": weighted_mean(embeddings, weights, pixels),
             "attention": attention,
             "boxes": boxes,
             "levels": patches["levels"],
             "patch_fraction": patches["patch_fraction"],
         }
 
-    def call(self, images, training=False):
-        outputs = self.embed(images, training=training)
-        penalty = self.penalty_weight * tf.reduce_mean(outputs["patch_fraction"])
-        if self.penalty_weight:
-            self.add_loss(penalty)
-        self.penalty_tracker.update_state(penalty)
-        self.patches_tracker.update_state(tf.cast(outputs["boxes"].row_lengths(), tf.float32))
-        pooled = outputs["pooled_embedding"]
-        return pooled if self.head is None else self.head(pooled)
+    def penalty(self, patch_fraction):
+        """The subdivision penalty: `penalty_weight` x the batch's mean `patch_fraction`.
 
-    @property
-    def thresholds(self):
-        """The patcher's current thresholds, one value per split level."""
-        return self.patcher.thresholds
+        Args:
+            patch_fraction: `[B]`, as `embed` returns it.
+
+        Returns:
+            A float32 scalar.
+        """
+        return self.penalty_weight * tf.reduce_mean(tf.cast(patch_fraction, tf.float32))
+
+    def call(self, images, training=False):
+        return self._forward(images, training)[0]
+
+    def _forward(self, images, training):
+        """`(head output, embed's dict)`: what `call` returns and what the steps log."""
+        outputs = self.embed(images, training=training)
+        pooled = outputs["pooled_embedding"]
+        return (pooled if self.head is None else self.head(pooled)), outputs
+
+    def train_step(self, data):
+        """Keras' train step, plus the penalty in the loss and its metrics."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred, outputs = self._forward(x, training=True)
+            loss = self._step_loss(x, y, y_pred, outputs, sample_weight, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        weights = self.trainable_weights
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        return self._step_metrics(x, y, y_pred, outputs, loss, sample_weight)
+
+    def test_step(self, data):
+        """Keras' test step, plus the penalty in the loss and its metrics."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, outputs = self._forward(x, training=False)
+        loss = self._step_loss(x, y, y_pred, outputs, sample_weight, training=False)
+        return self._step_metrics(x, y, y_pred, outputs, loss, sample_weight)
+
+    def _step_loss(self, x, y, y_pred, outputs, sample_weight, training):
+        """The compiled loss plus the penalty, per replica (as Keras scales losses)."""
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        penalty = self.penalty(outputs["patch_fraction"]) / replicas
+        return penalty if loss is None else tf.cast(loss, tf.float32) + penalty
+
+    def _step_metrics(self, x, y, y_pred, outputs, loss, sample_weight):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
+        self.penalty_tracker.update_state(self.penalty(outputs["patch_fraction"]))
+        self.patches_tracker.update_state(tf.cast(outputs["boxes"].row_lengths(), tf.float32))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_config(self):
         config = super().get_config()
-        patcher = self.patcher.get_config()
-        attention = self.attention.get_config()
-        config.update(
-            {
-                "num_classes": self.num_classes,
-                "thresholds": patcher["thresholds"],
-                "trainable_thresholds": patcher["trainable_thresholds"],
-                "threshold_rate": patcher["threshold_rate"],
-                "penalty_weight": self.penalty_weight,
-                "token_size": self.token_size,
-                "embed_dim": self.embed_dim,
-                "rule": patcher["rule"],
-                "max_patches": patcher["max_patches"],
-                "budget": patcher["budget"],
-                "base_size": patcher["base_size"],
-                "min_size": patcher["min_size"],
-                "sigma": self.complexity.get_config()["sigma"],
-                "temperature": patcher["temperature"],
-                "attention": attention["activation"],
-                "attention_filters": list(attention["filters"]),
-                "width_multiplier": self.embedder.get_config()["width_multiplier"],
-                "position_encoding": self.position_encoding,
-                "chunk_size": attention["chunk_size"],
-                "validate": self.validate,
-            }
-        )
+        config.update({name: _serialize(getattr(self, name)) for name in PART_NAMES})
+        if self.position is None:
+            config["position"] = False
+        config.update(penalty_weight=self.penalty_weight, validate=self.validate)
         return config
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for name in PART_NAMES:
+            if isinstance(config.get(name), dict):
+                config[name] = keras.layers.deserialize(config[name], custom_objects)
+        return cls(**config)
 
-def _weighted_mean(values, weights, ragged):
-    """Per-image mean of `values` `[n, D]` weighted by `weights` `[n]`."""
-    rows = ragged.value_rowids()
-    count = ragged.nrows()
-    weights = tf.cast(weights, values.dtype)
-    total = tf.math.unsorted_segment_sum(values * weights[:, None], rows, count)
-    norm = tf.math.unsorted_segment_sum(weights, rows, count)
-    return tf.math.divide_no_nan(total, norm[:, None])
+
+# Arguments of `keras.Model` itself; every other keyword is a part option.
+_MODEL_ARGUMENTS = ("name", "dtype", "trainable", "autocast")
+
+
+def _serialize(layer):
+    return None if layer is None else keras.layers.serialize(layer)

@@ -125,6 +125,7 @@ class DynamicPatcher(keras.layers.Layer):
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(autocast=False, **kwargs)
+        self.supports_jit = False  # ragged tensors do not compile with XLA
         for name, value in (("base_size", base_size), ("min_size", min_size), ("token_size", token_size)):
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two; got {value}.")

@@ -1,3 +1,5 @@
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -113,7 +115,10 @@ def test_save_and_load_give_the_same_outputs(trained, tmp_path):
 def test_chunk_size_changes_nothing_at_inference(trained, chunk_size):
     model, _ = trained
     images = stripes_task(4, seed=6)[0]
-    other = DynamicPatchModel.from_config({**model.get_config(), "chunk_size": chunk_size})
+    config = model.get_config()
+    for part in ("attention", "embedder"):  # every option of every part is in the nested config
+        config[part]["config"]["chunk_size"] = chunk_size
+    other = DynamicPatchModel.from_config(config)
     other.build(images.shape)
     other.set_weights(model.get_weights())
     expected, out = model.embed(images), other.embed(images)
@@ -211,3 +216,147 @@ def test_images_are_checked_once_by_the_model():
     np.testing.assert_allclose(
         unchecked(uint8).numpy(), unchecked(uint8.astype("float32") / 255.0).numpy(), atol=1e-6
     )
+
+
+def tiny_data(count=4, size=64):
+    images, labels = stripes_task(count, size=128, seed=9)
+    return images[:, :size, :size], labels
+
+
+ENTRY_POINTS = {
+    "embed": lambda model, x, y, path: model.embed(x),
+    "patches": lambda model, x, y, path: model.patches(x),
+    "call": lambda model, x, y, path: model(x),
+    "predict": lambda model, x, y, path: model.predict(x, verbose=0),
+    "fit": lambda model, x, y, path: model.fit(x, y, batch_size=2, epochs=1, verbose=0),
+    "evaluate": lambda model, x, y, path: model.evaluate(x, y, verbose=0),
+    "save": lambda model, x, y, path: model.save(path),
+}
+
+
+@pytest.mark.parametrize("first", list(ENTRY_POINTS))
+def test_every_entry_point_works_first_on_a_fresh_model(first, tmp_path):
+    x, y = tiny_data()
+    model = DynamicPatchModel(num_classes=2, **TINY)
+    model.compile()
+    ENTRY_POINTS[first](model, x, y, tmp_path / "first.keras")
+    for name, entry in ENTRY_POINTS.items():
+        entry(model, x, y, tmp_path / f"{name}.keras")
+    loaded = keras.models.load_model(tmp_path / "save.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_compile_defaults_train_a_classifier():
+    x, y = tiny_data()
+    model = DynamicPatchModel(num_classes=2, **TINY)
+    model.compile()
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "accuracy", "penalty", "patches"}
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy) and model.loss.from_logits
+    embedder = DynamicPatchModel(**TINY)  # no head: an embedding model has no default loss
+    embedder.compile()
+    assert embedder.loss is None
+
+
+def test_xla_is_declined_by_the_ragged_layers():
+    model = DynamicPatchModel(num_classes=2, **TINY)
+    with pytest.warns(UserWarning, match="jit_compile"):
+        model.compile(jit_compile=True)
+    assert model.jit_compile is False
+
+
+def test_call_updates_no_metric_and_adds_no_loss():
+    x, _ = tiny_data()
+    model = DynamicPatchModel(num_classes=2, penalty_weight=1.0, **TINY)
+    model(x, training=True)
+    assert model.losses == []
+    assert float(model.patches_tracker.count) == 0 and float(model.penalty_tracker.count) == 0
+
+
+def test_evaluate_loss_is_cross_entropy_plus_penalty_numpy_reference():
+    x, y = tiny_data()
+    weight = 0.7
+    model = DynamicPatchModel(num_classes=2, penalty_weight=weight, thresholds=LOW_THRESHOLDS, **TINY)
+    model.compile()
+    results = model.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
+    outputs = model.embed(x)
+    logits = model.head(outputs["pooled_embedding"]).numpy().astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    cross_entropy = -log_probs[np.arange(len(y)), y].mean()
+    fraction = outputs["patch_fraction"].numpy().mean()
+    np.testing.assert_allclose(results["loss"], cross_entropy + weight * fraction, rtol=1e-5)
+    np.testing.assert_allclose(results["penalty"], weight * fraction, rtol=1e-5)
+    np.testing.assert_allclose(results["patches"], outputs["boxes"].row_lengths().numpy().mean())
+
+
+def test_parts_are_composed_and_serialised_nested(tmp_path):
+    from dynpatch_tf import DynamicPatcher, PatchAttention, PatchEmbedder
+
+    embedder = PatchEmbedder(embed_dim=12, width_multiplier=0.25, expansion=2,
+                             blocks=[(1, 8, 1, 1), (None, 16, 1, 2)])
+    model = DynamicPatchModel(
+        patcher=DynamicPatcher(token_size=8, rule="block", thresholds=(0.01, 0.02, 0.03)),
+        attention=PatchAttention(filters=(4,), activation="softmax"),
+        embedder=embedder,
+        position=False,
+        head=keras.layers.Dense(3),
+    )
+    assert model.num_classes == 3 and model.position is None
+    config = model.get_config()
+    assert config["embedder"]["config"]["expansion"] == 2
+    assert config["patcher"]["config"]["rule"] == "block"
+    x = tiny_data(2, size=128)[0]
+    expected = model(x)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.embedder.expansion == 2 and loaded.position is None
+    assert loaded.attention.activation == "softmax"
+    np.testing.assert_allclose(loaded(x), expected, atol=1e-6)
+
+
+def test_options_for_a_part_passed_as_an_object_are_refused():
+    from dynpatch_tf import DynamicPatcher
+
+    with pytest.raises(ValueError, match="'thresholds' configures the default patcher"):
+        DynamicPatchModel(patcher=DynamicPatcher(), thresholds=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="Unknown DynamicPatchModel argument 'treshold'"):
+        DynamicPatchModel(treshold=1.0)
+
+
+def test_model_files_of_version_0_1_0_still_load():
+    """A model saved with the flat layout of 0.1.0 (tests/data) loads and gives its outputs."""
+    data = os.path.join(os.path.dirname(__file__), "data")
+    model = keras.models.load_model(os.path.join(data, "model_0.1.0.keras"))
+    expected = np.load(os.path.join(data, "model_0.1.0_outputs.npz"))
+    images = np.random.default_rng(0).uniform(size=(2, 64, 128, 3)).astype("float32")
+    np.testing.assert_allclose(model(images), expected["logits"], atol=1e-6)
+    np.testing.assert_allclose(model.embed(images)["pooled_embedding"], expected["pooled"], atol=1e-6)
+    assert model.attention.chunk_size == 7 and model.complexity.sigma == 1.5
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_model_dtype_policy_reaches_the_networks(policy):
+    x, y = tiny_data()
+    model = DynamicPatchModel(num_classes=2, dtype=policy, **TINY)
+    model.compile()
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0).history
+    compute = policy.split("_")[1]
+    assert model.attention.compute_dtype == model.embedder.compute_dtype == compute
+    assert model.position.compute_dtype == compute
+    assert model.patcher.compute_dtype == model.complexity.compute_dtype == "float32"
+    outputs = model.embed(x)
+    assert outputs["patch_embeddings"].dtype == compute
+    assert outputs["pooled_embedding"].dtype == model(x).dtype == tf.float32
+    assert all(weight.dtype == "float32" for weight in model.weights)
+    assert np.isfinite(history["loss"]).all()
+    if policy == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_an_empty_batch_gives_empty_outputs():
+    model = DynamicPatchModel(num_classes=2, **TINY)
+    embed = tf.function(model.embed, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    out = embed(tf.zeros([0, 64, 64, 3]))
+    assert out["pooled_embedding"].shape == (0, 16) and out["boxes"].nrows() == 0

@@ -1,0 +1,157 @@
+"""The default parts of a `DynamicPatchModel`, made from a few options.
+
+A `DynamicPatchModel` is composed of parts (a complexity map, a patcher, an
+attention CNN, an embedder, a position encoding and a head). Users who want
+the common model pass a few options instead of building the parts; this
+module turns those options into parts. Every other option of every part is
+reachable by passing the part itself.
+
+Example:
+
+>>> parts = default_parts(num_classes=4, token_size=8)
+>>> sorted(parts)
+['attention', 'complexity', 'embedder', 'head', 'patcher', 'position']
+"""
+
+import keras
+
+from dynpatch_tf.attention import PatchAttention
+from dynpatch_tf.complexity import ComplexityMap
+from dynpatch_tf.embedder import PatchEmbedder
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
+from dynpatch_tf.position import PatchPositionEncoding
+
+PART_NAMES = ("complexity", "patcher", "attention", "embedder", "position", "head")
+
+# The parts that each option of `default_parts` configures.
+OPTION_PARTS = {
+    "num_classes": ("head",),
+    "sigma": ("complexity",),
+    "thresholds": ("patcher",),
+    "trainable_thresholds": ("patcher",),
+    "threshold_rate": ("patcher",),
+    "token_size": ("patcher",),
+    "rule": ("patcher",),
+    "max_patches": ("patcher",),
+    "budget": ("patcher",),
+    "base_size": ("patcher",),
+    "min_size": ("patcher",),
+    "temperature": ("patcher",),
+    "attention_activation": ("attention",),
+    "attention_filters": ("attention",),
+    "width_multiplier": ("embedder",),
+    "embed_dim": ("embedder", "position"),
+    "chunk_size": ("attention", "embedder"),
+    "position_encoding": ("position",),
+}
+
+
+def default_parts(
+    num_classes=None,
+    thresholds=DEFAULT_THRESHOLDS,
+    trainable_thresholds=True,
+    threshold_rate=10.0,
+    token_size=16,
+    embed_dim=64,
+    rule="quadtree",
+    max_patches=None,
+    budget=None,
+    base_size=64,
+    min_size=8,
+    sigma=1.0,
+    temperature=0.005,
+    attention_activation="sigmoid",
+    attention_filters=(16, 32),
+    width_multiplier=0.5,
+    position_encoding=True,
+    chunk_size=1024,
+    include=PART_NAMES,
+    dtype=None,
+):
+    """The parts of the common `DynamicPatchModel`, configured by a few options.
+
+    The complexity map and the patcher skip their own image checks
+    (`validate=False`): the model checks and converts the images once.
+
+    Args:
+        num_classes: classes of the Dense head; None for no head (an
+            embedding model).
+        thresholds: the patcher's initial thresholds, one per split level.
+        trainable_thresholds: whether training moves the thresholds.
+        threshold_rate: how fast training moves the thresholds (see
+            `DynamicPatcher`).
+        token_size: side every patch is resampled to.
+        embed_dim: size of the patch embeddings.
+        rule: `"quadtree"`, `"block"` or `"budget"` (see `DynamicPatcher`).
+        max_patches: cap on patches per image.
+        budget: patches per image for `rule="budget"`.
+        base_size: side of the base blocks.
+        min_size: side of the smallest patches.
+        sigma: LoG scale(s) of the complexity map.
+        temperature: softness of the split probabilities.
+        attention_activation: `"sigmoid"` (a weight in (0, 1) per patch) or
+            `"softmax"` (weights sum to 1 over an image's patches).
+        attention_filters: conv filters of the attention CNN.
+        width_multiplier: width of the inverted-residual embedder.
+        position_encoding: add a learned encoding of each patch's box (centre
+            and size) to its embedding.
+        chunk_size: at inference, the attention CNN and the embedder run over
+            the flat patch batch this many patches at a time (see
+            `map_chunks`), with the same outputs; None runs them on all
+            patches at once. Training always runs the whole flat batch.
+        include: the names of the parts to make (of `PART_NAMES`).
+        dtype: the dtype policy of the networks (attention, embedder,
+            position encoding). The complexity map and the patcher keep their
+            float32 policy (thresholds are small numbers on the map's scale,
+            and a mixed policy would read the threshold weight in 16 bits);
+            the head computes in float32 (its logits feed the loss).
+
+    Returns:
+        A dict from part name to layer, for the names in `include`. `position`
+        and `head` are None when `position_encoding` is False or `num_classes`
+        is None.
+    """
+    makers = {
+        "complexity": lambda: ComplexityMap(sigma=sigma, validate=False, name="complexity"),
+        "patcher": lambda: DynamicPatcher(
+            base_size=base_size, min_size=min_size, thresholds=thresholds, token_size=token_size,
+            rule=rule, max_patches=max_patches, budget=budget, temperature=temperature,
+            trainable_thresholds=trainable_thresholds, threshold_rate=threshold_rate,
+            validate=False, name="patcher",
+        ),
+        "attention": lambda: PatchAttention(
+            filters=attention_filters, activation=attention_activation, chunk_size=chunk_size,
+            dtype=dtype, name="attention",
+        ),
+        "embedder": lambda: PatchEmbedder(
+            embed_dim=embed_dim, width_multiplier=width_multiplier, chunk_size=chunk_size,
+            dtype=dtype, name="embedder",
+        ),
+        "position": lambda: (
+            PatchPositionEncoding(embed_dim, dtype=dtype, name="position") if position_encoding else None
+        ),
+        "head": lambda: keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None,
+    }
+    return {name: makers[name]() for name in include}
+
+
+def check_options(options, given_parts):
+    """Refuses options that configure a part which was passed as an object.
+
+    Args:
+        options: the short-path options, a dict.
+        given_parts: the names of the parts passed as objects.
+
+    Raises:
+        ValueError: for an unknown option, or one whose parts were all given.
+    """
+    for name in options:
+        if name not in OPTION_PARTS:
+            raise ValueError(f"Unknown DynamicPatchModel argument {name!r}.")
+        parts = OPTION_PARTS[name]
+        if all(part in given_parts for part in parts):
+            raise ValueError(
+                f"{name!r} configures the default {' and '.join(parts)}, but "
+                f"{'they were' if len(parts) > 1 else 'it was'} passed as an object: "
+                "set it on the part you pass."
+            )
