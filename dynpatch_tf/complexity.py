@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dynpatch_tf import images as image_ops
+from dynpatch_tf import image_ops
 
 TRUNCATE = 4.0
 

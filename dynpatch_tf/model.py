@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from dynpatch_tf import images as image_ops
+from dynpatch_tf import image_ops
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.complexity import ComplexityMap
 from dynpatch_tf.embedder import PatchEmbedder

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dynpatch_tf import images as image_ops
+from dynpatch_tf import image_ops
 
 RULES = ("quadtree", "block", "budget")
 # Chosen on the needles task (docs/benchmarks.md, "Defaults"): objects of 8-24 px
