@@ -177,7 +177,7 @@ class DynamicPatchModel(keras.Model):
         Returns:
             `DynamicPatcher`'s dict (`pixels`, `boxes`, `levels`, `gates`, ...).
         """
-        min_size = max(self.patcher.base_size, self.complexity.min_size)
+        min_size = max(self.patcher.base_size, self.complexity.min_image_size)
         images = image_ops.prepare_images(images, min_size, self.validate)
         return self.patcher(images, self.complexity(images))
 
