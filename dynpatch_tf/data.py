@@ -69,7 +69,7 @@ def image_folder_dataset(
     batch_size=8,
     image_size=None,
     crop_to_aspect_ratio=False,
-    min_size=64,
+    min_side=64,
     small="reject",
     shuffle=True,
     seed=None,
@@ -84,7 +84,7 @@ def image_folder_dataset(
     file under a class subfolder (searched recursively) is one example.
     Each file is decoded once up front, in eager mode, to check it and to
     learn its size: a file that cannot be read or decoded, or that is
-    smaller than `min_size`, is logged as a warning with its path and the
+    smaller than `min_side`, is logged as a warning with its path and the
     reason, listed in `info.skipped` and left out. The data set then decodes
     the files again in graph (`tf.io.decode_image`), as float32 in [0, 1]
     with 3 channels (grayscale is repeated, alpha dropped, the first frame
@@ -108,13 +108,13 @@ def image_folder_dataset(
         crop_to_aspect_ratio: with `image_size`, crop the largest centred
             window of the target aspect ratio before resizing, instead of
             stretching.
-        min_size: smallest side, in pixels, an image may have when
-            `image_size` is `None` (the patcher needs one base patch, 64
-            by default). With `image_size`, it must not exceed it.
-        small: what to do with an image smaller than `min_size` on either
+        min_side: the smallest height and width, in pixels, a file may
+            have when `image_size` is `None` (the patcher needs one base
+            patch, 64 by default). With `image_size`, it must not exceed it.
+        small: what to do with an image smaller than `min_side` on either
             side: `"reject"` skips and reports it, `"upscale"` enlarges it
             (bilinear, keeping the aspect ratio) until its shorter side is
-            `min_size`.
+            `min_side`.
         shuffle: whether to shuffle the files, again at every epoch.
         seed: seed for shuffling and for the validation split.
         augment: `None`, or a Keras layer (e.g. from `make_augmentation`)
@@ -147,19 +147,19 @@ def image_folder_dataset(
         raise ValueError(f'`small` must be "reject" or "upscale", got {small!r}.')
     if image_size is not None:
         image_size = tuple(int(side) for side in image_size)
-        if len(image_size) != 2 or min(image_size) < min_size:
+        if len(image_size) != 2 or min(image_size) < min_side:
             raise ValueError(
                 f"`image_size` must be (height, width) with both sides at least "
-                f"min_size={min_size}, got {image_size}."
+                f"min_side={min_side}, got {image_size}."
             )
     class_names, paths, labels = _list_class_files(directory, class_names)
     paths, labels = _split(paths, labels, validation_split, subset, seed)
     sizes, skipped = _check_files(paths)
     if image_size is None:
-        sizes, too_small = _apply_min_size(sizes, min_size, small)
+        sizes, too_small = _apply_min_side(sizes, min_side, small)
         skipped += [
             SkippedFile(paths[i], f"too small: {h}x{w} px (height x width), "
-                                  f"minimum {min_size} px per side")
+                                  f"minimum {min_side} px per side")
             for i, (h, w) in too_small
         ]
     for path, reason in skipped:
@@ -258,12 +258,12 @@ def clean_op_message(message):
     return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.DOTALL)
 
 
-def _apply_min_size(sizes, min_size, small):
-    """Applies the `min_size` rule to the decoded sizes.
+def _apply_min_side(sizes, min_side, small):
+    """Applies the `min_side` rule to the decoded sizes.
 
     Args:
         sizes: `(height, width)` per file, `None` for a broken file.
-        min_size: smallest allowed side in pixels.
+        min_side: smallest allowed side in pixels.
         small: `"reject"` or `"upscale"`.
 
     Returns:
@@ -272,11 +272,11 @@ def _apply_min_size(sizes, min_size, small):
     """
     delivered, too_small = [], []
     for index, size in enumerate(sizes):
-        if size is None or min(size) >= min_size:
+        if size is None or min(size) >= min_side:
             delivered.append(size)
         elif small == "upscale":
-            scale = min_size / min(size)
-            delivered.append(tuple(max(min_size, math.ceil(side * scale)) for side in size))
+            scale = min_side / min(size)
+            delivered.append(tuple(max(min_side, math.ceil(side * scale)) for side in size))
         else:
             delivered.append(None)
             too_small.append((index, size))
