@@ -9,8 +9,9 @@ Public names (see docs and each class's docstring):
 """
 
 from dynpatch_tf.attention import PatchAttention
+from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.complexity import ComplexityMap
-from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset, make_augmentation
+from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset
 from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.needles import make_needles, needles_dataset, write_needles_folder
