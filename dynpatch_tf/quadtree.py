@@ -135,8 +135,9 @@ def split_decisions(scores, thresholds, inside, rule, max_patches=None, budget=N
       (`tree_consistent`). With `max_patches`, `select_by_priority` then undoes
       the least complex splits until an image has at most `max_patches` patches.
     * `"budget"`: exactly `budget` patches per image; the thresholds are not
-      used. Candidates are the nodes whose four children lie in the image
-      (`budget_candidates`), and the busiest split first until the count is met.
+      used, nor is `max_patches`. Candidates are the nodes whose four children
+      lie in the image (`budget_candidates`); the busiest split first until the
+      count is met (`select_by_priority`).
 
     Args:
         scores: per split level `[B, h_l, w_l]`, from `split_scores`.
@@ -181,7 +182,10 @@ def tree_consistent(wanted, inside):
 
 
 def children_inside(inside):
-    """`[1, 2h, 2w]` bool -> `[1, h, w]` int32: how many of each parent's four children lie inside."""
+    """How many of each parent's four children lie inside.
+
+    `[1, 2h, 2w]` bool (the children's `inside`) -> `[1, h, w]` int32 in 0..4.
+    """
     pooled = image_ops.block_mean(tf.cast(inside, tf.float32)[..., None], 2)
     return tf.cast(tf.round(pooled[..., 0] * 4), tf.int32)
 
