@@ -18,8 +18,9 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from dynpatch_tf.attention import PatchAttention  # noqa: E402
+from dynpatch_tf.augment import make_augmentation  # noqa: E402
 from dynpatch_tf.complexity import ComplexityMap  # noqa: E402
-from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset, make_augmentation  # noqa: E402
+from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset  # noqa: E402
 from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder  # noqa: E402
 from dynpatch_tf.model import DynamicPatchModel  # noqa: E402
 from dynpatch_tf.needles import make_needles, needles_dataset, write_needles_folder  # noqa: E402

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dynpatch_tf import images as image_ops
+from dynpatch_tf import image_ops
 
 TRUNCATE = 4.0
 
@@ -137,6 +137,11 @@ class ComplexityMap(keras.layers.Layer):
         validate: check image values (NaN, Inf) and sizes when the graph runs.
         **kwargs: base `Layer` arguments.
 
+    Attributes:
+        min_image_size: the smallest image height and width accepted: the
+            largest kernel radius, since the image is padded once by the
+            radius (SYMMETRIC), which cannot exceed the image's size.
+
     Input shape:
         `[B, H, W, C]` uint8 (0..255) or float (0..1), `C` in {1, 3}.
 
@@ -158,10 +163,10 @@ class ComplexityMap(keras.layers.Layer):
             raise ValueError(f"sigma must be positive; got {sigma}.")
         self.sigma = sigma if np.ndim(sigma) == 0 else list(self.sigmas)
         self.validate = validate
-        self.min_size = max(int(TRUNCATE * s + 0.5) for s in self.sigmas)
+        self.min_image_size = max(int(TRUNCATE * s + 0.5) for s in self.sigmas)
 
     def call(self, images):
-        images = image_ops.prepare_images(images, max(self.min_size, 1), self.validate)
+        images = image_ops.prepare_images(images, max(self.min_image_size, 1), self.validate)
         gray = image_ops.luminance(images)
         scores = [
             tf.abs(laplacian_of_gaussian(gray, s)) * (s * s) for s in self.sigmas

@@ -3,9 +3,9 @@
 `image_folder_dataset` is `keras.utils.image_dataset_from_directory` for this
 library: images keep their own sizes by default (the patcher works on any size
 of at least one base patch), decoding happens in graph, and broken files are
-reported and skipped instead of stopping training. `make_augmentation` builds
-the optional rotation / zoom / distortion augmentation that the pipeline
-applies to each batch.
+reported and skipped instead of stopping training. The optional rotation /
+zoom / distortion augmentation that the pipeline applies to each batch is built
+by `dynpatch_tf.augment.make_augmentation`.
 
 Example:
 
@@ -69,7 +69,7 @@ def image_folder_dataset(
     batch_size=8,
     image_size=None,
     crop_to_aspect_ratio=False,
-    min_size=64,
+    min_side=64,
     small="reject",
     shuffle=True,
     seed=None,
@@ -84,7 +84,7 @@ def image_folder_dataset(
     file under a class subfolder (searched recursively) is one example.
     Each file is decoded once up front, in eager mode, to check it and to
     learn its size: a file that cannot be read or decoded, or that is
-    smaller than `min_size`, is logged as a warning with its path and the
+    smaller than `min_side`, is logged as a warning with its path and the
     reason, listed in `info.skipped` and left out. The data set then decodes
     the files again in graph (`tf.io.decode_image`), as float32 in [0, 1]
     with 3 channels (grayscale is repeated, alpha dropped, the first frame
@@ -108,16 +108,16 @@ def image_folder_dataset(
         crop_to_aspect_ratio: with `image_size`, crop the largest centred
             window of the target aspect ratio before resizing, instead of
             stretching.
-        min_size: smallest side, in pixels, an image may have when
-            `image_size` is `None` (the patcher needs one base patch, 64
-            by default). With `image_size`, it must not exceed it.
-        small: what to do with an image smaller than `min_size` on either
+        min_side: the smallest height and width, in pixels, a file may
+            have when `image_size` is `None` (the patcher needs one base
+            patch, 64 by default). With `image_size`, it must not exceed it.
+        small: what to do with an image smaller than `min_side` on either
             side: `"reject"` skips and reports it, `"upscale"` enlarges it
             (bilinear, keeping the aspect ratio) until its shorter side is
-            `min_size`.
+            `min_side`.
         shuffle: whether to shuffle the files, again at every epoch.
         seed: seed for shuffling and for the validation split.
-        augment: `None`, or a Keras layer (e.g. from `make_augmentation`)
+        augment: `None`, or a Keras layer (e.g. from `augment.make_augmentation`)
             applied to each batch with `training=True`; labels are untouched.
         validation_split: fraction of the files, in (0, 1), to hold out.
             Needs `subset` and `seed`.
@@ -147,19 +147,19 @@ def image_folder_dataset(
         raise ValueError(f'`small` must be "reject" or "upscale", got {small!r}.')
     if image_size is not None:
         image_size = tuple(int(side) for side in image_size)
-        if len(image_size) != 2 or min(image_size) < min_size:
+        if len(image_size) != 2 or min(image_size) < min_side:
             raise ValueError(
                 f"`image_size` must be (height, width) with both sides at least "
-                f"min_size={min_size}, got {image_size}."
+                f"min_side={min_side}, got {image_size}."
             )
     class_names, paths, labels = _list_class_files(directory, class_names)
     paths, labels = _split(paths, labels, validation_split, subset, seed)
     sizes, skipped = _check_files(paths)
     if image_size is None:
-        sizes, too_small = _apply_min_size(sizes, min_size, small)
+        sizes, too_small = _apply_min_side(sizes, min_side, small)
         skipped += [
             SkippedFile(paths[i], f"too small: {h}x{w} px (height x width), "
-                                  f"minimum {min_size} px per side")
+                                  f"minimum {min_side} px per side")
             for i, (h, w) in too_small
         ]
     for path, reason in skipped:
@@ -258,12 +258,12 @@ def clean_op_message(message):
     return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.DOTALL)
 
 
-def _apply_min_size(sizes, min_size, small):
-    """Applies the `min_size` rule to the decoded sizes.
+def _apply_min_side(sizes, min_side, small):
+    """Applies the `min_side` rule to the decoded sizes.
 
     Args:
         sizes: `(height, width)` per file, `None` for a broken file.
-        min_size: smallest allowed side in pixels.
+        min_side: smallest allowed side in pixels.
         small: `"reject"` or `"upscale"`.
 
     Returns:
@@ -272,11 +272,11 @@ def _apply_min_size(sizes, min_size, small):
     """
     delivered, too_small = [], []
     for index, size in enumerate(sizes):
-        if size is None or min(size) >= min_size:
+        if size is None or min(size) >= min_side:
             delivered.append(size)
         elif small == "upscale":
-            scale = min_size / min(size)
-            delivered.append(tuple(max(min_size, math.ceil(side * scale)) for side in size))
+            scale = min_side / min(size)
+            delivered.append(tuple(max(min_side, math.ceil(side * scale)) for side in size))
         else:
             delivered.append(None)
             too_small.append((index, size))
@@ -357,144 +357,3 @@ def _size_key(image, label):
     """An int64 key unique to the image's `(height, width)`."""
     shape = tf.cast(tf.shape(image), tf.int64)
     return shape[0] * 2**32 + shape[1]
-
-
-@keras.saving.register_keras_serializable(package="dynpatch_tf")
-class RandomCornerWarp(keras.layers.Layer):
-    """Random perspective distortion that moves each corner of the image.
-
-    Each of the four corners is displaced by a uniform random offset of up
-    to `factor` times the image's height (vertically) and width
-    (horizontally), and the image is warped with the projective transform
-    that maps the corners to their new places. Pixels that come from
-    outside the image are filled by reflection, so no flat border appears
-    for the complexity map to mistake for an edge. Only active when called
-    with `training=True`.
-
-    Written here instead of using `keras.layers.RandomPerspective` (Keras
-    3.15), which needs the height and width known when the graph is built
-    (it fails on images that keep their own sizes), keeps the top-left
-    corner fixed and fills with a constant.
-
-    Args:
-        factor: largest corner displacement as a fraction of the image side,
-            in [0, 0.5).
-        interpolation: `"bilinear"` or `"nearest"`.
-        seed: integer seed, or `None`.
-
-    Input and output shape: `[B, H, W, C]` or `[H, W, C]`, with `H` and `W`
-    possibly unknown until run time.
-
-    Example:
-
-    >>> warp = RandomCornerWarp(0.05, seed=0)
-    >>> warp(tf.random.uniform((2, 64, 96, 3)), training=True).shape
-    TensorShape([2, 64, 96, 3])
-    """
-
-    def __init__(self, factor, interpolation="bilinear", seed=None, **kwargs):
-        super().__init__(**kwargs)
-        if not 0 <= factor < 0.5:
-            raise ValueError(f"`factor` must be in [0, 0.5), got {factor}.")
-        self.factor = factor
-        self.interpolation = interpolation
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_jit = False  # like Keras's own warping layers
-
-    def call(self, images, training=True):
-        if not training or self.factor == 0:
-            return images
-        batched = len(images.shape) == 4
-        batch = images if batched else images[None]
-        shape = tf.shape(batch)
-        height = tf.cast(shape[1] - 1, tf.float32)
-        width = tf.cast(shape[2] - 1, tf.float32)
-        unit_square = tf.constant([[0, 0], [1, 0], [1, 1], [0, 1]], tf.float32)
-        offsets = keras.random.uniform(
-            (shape[0], 4, 2), -self.factor, self.factor, seed=self.seed_generator
-        )
-        corners = (unit_square + offsets) * tf.stack([width, height])
-        transform = _square_to_quad_transform(corners, height, width)
-        warped = keras.ops.image.affine_transform(
-            batch, transform, interpolation=self.interpolation, fill_mode="reflect"
-        )
-        return warped if batched else warped[0]
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor,
-                "interpolation": self.interpolation, "seed": self.seed}
-
-
-def _square_to_quad_transform(corners, height, width):
-    """The projective transforms that map the image onto given corners.
-
-    Heckbert's closed form for the unit square to a quadrilateral, rescaled
-    to pixel coordinates, in the 8-number layout of
-    `keras.ops.image.affine_transform` (output pixel -> input pixel).
-
-    Args:
-        corners: `[B, 4, 2]` float32, `(x, y)` in input pixels of the
-            places where the output's top-left, top-right, bottom-right and
-            bottom-left pixels are sampled.
-        height, width: float32 scalars, the image's height and width minus 1.
-
-    Returns:
-        `[B, 8]` float32 transforms.
-    """
-    x0, x1, x2, x3 = tf.unstack(corners[..., 0], axis=1)
-    y0, y1, y2, y3 = tf.unstack(corners[..., 1], axis=1)
-    dx1, dx2, dx3 = x1 - x2, x3 - x2, x0 - x1 + x2 - x3
-    dy1, dy2, dy3 = y1 - y2, y3 - y2, y0 - y1 + y2 - y3
-    det = dx1 * dy2 - dx2 * dy1
-    g = (dx3 * dy2 - dx2 * dy3) / det
-    h = (dx1 * dy3 - dx3 * dy1) / det
-    return tf.stack([
-        (x1 - x0 + g * x1) / width, (x3 - x0 + h * x3) / height, x0,
-        (y1 - y0 + g * y1) / width, (y3 - y0 + h * y3) / height, y0,
-        g / width, h / height,
-    ], axis=1)
-
-
-def make_augmentation(rotation=0.03, zoom=0.1, distortion=0.03, seed=None):
-    """Builds the data augmentation: random rotation, zoom and distortion.
-
-    Layers whose setting is 0 are left out; with all three 0 the result is
-    the identity. Rotation and zoom fill by reflection, like the
-    distortion. Apply it with `training=True` (as `image_folder_dataset`
-    does) to batches `[B, H, W, 3]` or single images `[H, W, 3]`; sizes may
-    vary from call to call.
-
-    Args:
-        rotation: largest rotation as a fraction of a full turn (the
-            `keras.layers.RandomRotation` convention: 0.03 is about 11
-            degrees either way).
-        zoom: largest zoom in or out, as a fraction of the image size
-            (`keras.layers.RandomZoom`).
-        distortion: largest corner displacement of the perspective warp, as a
-            fraction of the image side (`RandomCornerWarp`).
-        seed: integer seed, or `None`; each layer gets its own seed from it.
-
-    Returns:
-        A `keras.Sequential` named `"augmentation"`.
-
-    Example:
-
-    >>> augment = make_augmentation(rotation=0.05, zoom=0.1, seed=0)
-    >>> augment(tf.random.uniform((2, 64, 64, 3)), training=True).shape
-    TensorShape([2, 64, 64, 3])
-    """
-    def layer_seed(offset):
-        return None if seed is None else seed + offset
-
-    layers = []
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation, seed=layer_seed(0)))
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, seed=layer_seed(1)))
-    if distortion:
-        layers.append(RandomCornerWarp(distortion, seed=layer_seed(2)))
-    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")

@@ -35,15 +35,16 @@ def make_divisible(value, divisor=8, min_value=None):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def fit_strides(size, strides, min_size=2):
+def fit_strides(size, strides, min_feature_size=2):
     """Fits the requested strides of a layer sequence to the patch size.
 
     The stride rule: layers run in order and the spatial size after a strided
     layer is ceil(size / stride) ("same" padding). A layer keeps its stride
-    only if that shrinks the feature map and leaves at least `min_size`
-    pixels; otherwise it runs with stride 1. With `min_size=2` and strides of 2 this means:
-    downsample by 2 while the feature map is larger than 2x2. The last feature
-    map is thus at least min_size x min_size (or P x P when P < min_size).
+    only if that shrinks the feature map and leaves at least
+    `min_feature_size` pixels; otherwise it runs with stride 1. With
+    `min_feature_size=2` and strides of 2 this means: downsample by 2 while
+    the feature map is larger than 2x2. The last feature map is thus at least
+    min_feature_size x min_feature_size (or P x P when P < min_feature_size).
 
     Example: the stem and default stages request strides 2, 2, 2, 2; P=8 gives
     2, 2, 1, 1 (8->4->2), P=16 gives 2, 2, 2, 1 (16->8->4->2), P=32 gives
@@ -52,7 +53,8 @@ def fit_strides(size, strides, min_size=2):
     Args:
         size: the patch size P (an int).
         strides: the requested stride of each layer, in order.
-        min_size: the smallest feature map a stride may produce.
+        min_feature_size: the side, in pixels, of the smallest feature map a
+            stride may produce.
 
     Returns:
         The list of fitted strides.
@@ -60,7 +62,7 @@ def fit_strides(size, strides, min_size=2):
     fitted = []
     for stride in strides:
         smaller = -(-size // stride)
-        keep = min_size <= smaller < size
+        keep = min_feature_size <= smaller < size
         fitted.append(stride if keep else 1)
         size = smaller if keep else size
     return fitted
@@ -199,7 +201,7 @@ class PatchEmbedder(keras.layers.Layer):
     Strides are fitted to the token size P when the layer is built (see
     `fit_strides`): a strided layer (the stem, or the first block of a stage
     with stride 2) keeps its stride only while the feature map would stay at
-    least `min_size` pixels wide, i.e. by default it downsamples by 2 while
+    least `min_feature_size` pixels wide, i.e. by default it downsamples by 2 while
     the map is larger than 2x2. With the default blocks: P=8 -> 2x2 final map,
     P=16 -> 2x2, P=32 -> 2x2, P=64 -> 4x4. That is why the stem and blocks
     are created in `build` (they depend on P); the pooling and Dense head
@@ -223,7 +225,9 @@ class PatchEmbedder(keras.layers.Layer):
             the rest with stride 1. An expansion of None means `expansion`;
             an expansion of 1 skips the expand conv. Default `DEFAULT_BLOCKS`.
         stem_filters: channels of the stem conv (before the width multiplier).
-        min_size: the smallest feature map a stride may produce.
+        min_feature_size: the side, in pixels, of the smallest feature map a
+            stride may produce (see `fit_strides`). Configs saved before it
+            was renamed call it `min_size`; `from_config` still reads that.
         bn_momentum: BatchNormalization momentum. MobileNetV2 uses 0.999, but
             the moving statistics then lag far behind in short runs and
             inference breaks; 0.9 settles within a few dozen steps.
@@ -249,7 +253,7 @@ class PatchEmbedder(keras.layers.Layer):
     """
 
     def __init__(self, embed_dim=64, width_multiplier=0.5, expansion=6,
-                 blocks=DEFAULT_BLOCKS, stem_filters=32, min_size=2,
+                 blocks=DEFAULT_BLOCKS, stem_filters=32, min_feature_size=2,
                  bn_momentum=0.9, bn_epsilon=1e-3, chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = False  # ragged tensors do not compile with XLA
@@ -258,7 +262,7 @@ class PatchEmbedder(keras.layers.Layer):
         self.expansion = int(expansion)
         self.blocks_spec = tuple(self._check_stage(stage) for stage in blocks)
         self.stem_filters = int(stem_filters)
-        self.min_size = int(min_size)
+        self.min_feature_size = int(min_feature_size)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
         self.chunk_size = check_chunk_size(chunk_size)
@@ -300,7 +304,7 @@ class PatchEmbedder(keras.layers.Layer):
                 f"static P; got input shape {tuple(input_shape)}."
             )
         plan = self._block_plan()
-        strides = fit_strides(min(shape[1:3]), [2] + [s for _, _, s in plan], self.min_size)
+        strides = fit_strides(min(shape[1:3]), [2] + [s for _, _, s in plan], self.min_feature_size)
         channels = self._channels(self.stem_filters)
         self.stem = keras.layers.Conv2D(
             channels, 3, strides=strides[0], padding="same", use_bias=False,
@@ -364,9 +368,17 @@ class PatchEmbedder(keras.layers.Layer):
             expansion=self.expansion,
             blocks=[list(stage) for stage in self.blocks_spec],
             stem_filters=self.stem_filters,
-            min_size=self.min_size,
+            min_feature_size=self.min_feature_size,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             chunk_size=self.chunk_size,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Also reads configs saved before `min_feature_size` was called `min_size`."""
+        config = dict(config)
+        if "min_size" in config:
+            config.setdefault("min_feature_size", config.pop("min_size"))
+        return super().from_config(config)

@@ -23,7 +23,7 @@ off and `jit_compile=True` falls back with a warning.
 import keras
 import tensorflow as tf
 
-from dynpatch_tf import images as image_ops
+from dynpatch_tf import image_ops
 from dynpatch_tf.parts import PART_NAMES, check_options, default_parts
 from dynpatch_tf.patch_ops import weighted_mean
 
@@ -168,8 +168,8 @@ class DynamicPatchModel(keras.Model):
         images = tf.convert_to_tensor(images)
         if not self.built:
             self.build(images.shape)
-        min_size = max(self.patcher.base_size, self.complexity.min_size)
-        images = image_ops.prepare_images(images, min_size, self.validate)
+        min_image_size = max(self.patcher.base_size, self.complexity.min_image_size)
+        images = image_ops.prepare_images(images, min_image_size, self.validate)
         return self.patcher(images, self.complexity(images))
 
     def embed(self, images, training=False):

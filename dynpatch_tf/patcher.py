@@ -4,9 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dynpatch_tf import images as image_ops
+from dynpatch_tf import image_ops, quadtree
 
-RULES = ("quadtree", "block", "budget")
 # Chosen on the needles task (docs/benchmarks.md, "Defaults"): objects of 8-24 px
 # raise 64 px block means to 0.001-0.004 over a smooth background's 0.0004.
 DEFAULT_THRESHOLDS = (0.002, 0.004, 0.008)
@@ -20,6 +19,8 @@ class DynamicPatcher(keras.layers.Layer):
     to multiples of `base_size` and cut into base blocks. Level `l` has patches of
     `base_size / 2**l` pixels, down to `min_size`; `thresholds[l]` decides the
     split from level `l` to `l + 1`, on the mean of the complexity map over a node.
+    The decisions are the plain functions of `dynpatch_tf.quadtree`; this layer
+    holds the thresholds and cuts, resamples and orders the patches.
 
     Rules:
         * `"quadtree"` (default): a node splits when its own mean exceeds its
@@ -27,9 +28,9 @@ class DynamicPatcher(keras.layers.Layer):
         * `"block"`: the seed's literal rule. Each base block takes one level for
           all of it: the number of thresholds its mean exceeds.
         * `"budget"`: exactly `budget` patches per image. Starting from the base
-          blocks, the busiest nodes split first (as in Quadformer), which is the
-          order of the node means made monotone down the tree (a child's priority
-          is the minimum of its mean and its parent's priority). Every split adds 3
+          blocks, the busiest nodes split first (as in Quadformer): in the order
+          of the node means made monotone down the tree
+          (`quadtree.split_priorities`). Every split adds 3
           patches, so `budget - base_blocks` must be a non-negative multiple of 3;
           only nodes whose four children all lie in the image may split. The count
           is fixed, so the output is also a dense `[B, budget, ...]` batch
@@ -57,15 +58,14 @@ class DynamicPatcher(keras.layers.Layer):
     per step whatever the gradient's size, and thresholds live on a scale of 0.01,
     so the weight is `log(threshold) / threshold_rate`: thresholds stay positive
     and one step moves them by about `threshold_rate * learning_rate` of their
-    value (1% at the default rate and a learning rate of 1e-3). Split decisions are hard; the soft
-    probability `sigmoid((mean - threshold) / temperature)` of every node carries
-    the gradient by a straight-through estimator: `gates` is, for each patch, the
-    product of its ancestors' split indicators and its own no-split indicator,
-    each written `hard + (soft - stop_gradient(soft))`. Its value is exactly 1;
-    multiplying the patch's weight by it lets the task loss reach the thresholds.
-    `expected_patches` is the soft expected patch count down the tree, for the
-    subdivision penalty. For the block rule, a node's soft probability uses its
-    base block's mean.
+    value (1% at the default rate and a learning rate of 1e-3). Split decisions are
+    hard; the soft probability `sigmoid((mean - threshold) / temperature)` of
+    every node carries the gradient by a straight-through estimator
+    (`quadtree.straight_through_gates`): each patch's `gates` value is exactly 1,
+    and multiplying the patch's weight by it lets the task loss reach the
+    thresholds. `expected_patches` is the soft expected patch count down the tree
+    (`quadtree.expected_patch_count`), for the subdivision penalty. For the block
+    rule, a node's soft probability uses its base block's mean.
 
     Args:
         base_size: side of the base blocks, a power of two (default 64).
@@ -126,25 +126,9 @@ class DynamicPatcher(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(autocast=False, **kwargs)
         self.supports_jit = False  # ragged tensors do not compile with XLA
-        for name, value in (("base_size", base_size), ("min_size", min_size), ("token_size", token_size)):
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two; got {value}.")
-        if min_size > base_size:
-            raise ValueError(f"min_size {min_size} exceeds base_size {base_size}.")
-        self.num_levels = int(np.log2(base_size // min_size)) + 1
-        if len(thresholds) != self.num_levels - 1:
-            raise ValueError(
-                f"thresholds needs {self.num_levels - 1} values (one per split level "
-                f"from {base_size} to {min_size} px); got {len(thresholds)}."
-            )
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}; got {rule!r}.")
-        if rule == "budget" and budget is None:
-            raise ValueError('rule="budget" needs `budget`, the patch count per image.')
-        if min(thresholds) <= 0:
-            raise ValueError(f"thresholds must be positive; got {tuple(thresholds)}.")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive; got {temperature}.")
+        self.num_levels = _checked_num_levels(
+            base_size, min_size, thresholds, token_size, rule, budget, temperature
+        )
         self.base_size = base_size
         self.min_size = min_size
         self.initial_thresholds = tuple(float(t) for t in thresholds)
@@ -177,23 +161,24 @@ class DynamicPatcher(keras.layers.Layer):
         images = image_ops.prepare_images(images, self.base_size, self.validate)
         complexity = self._check_complexity(images, complexity)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        images, complexity = self._pad(images, height, width), self._pad(complexity, height, width)
-        means = self._node_means(complexity)
-        inside = [self._inside(mean, size, height, width) for mean, size in zip(means, self.sizes)]
-        scores = self._split_scores(means)
+        images = image_ops.pad_to_multiple(images, self.base_size, height, width)
+        complexity = image_ops.pad_to_multiple(complexity, self.base_size, height, width)
+        means = quadtree.node_means(complexity, self.min_size, self.num_levels)
+        inside = quadtree.inside_masks(means, self.base_size, height, width)
+        scores = quadtree.split_scores(means, self.rule)
         thresholds = self.thresholds
-        probs = [
-            tf.sigmoid((score - thresholds[level]) / self.temperature)
-            for level, score in enumerate(scores)
-        ]
-        splits = self._split_decisions(scores, thresholds, inside)
-        leaves = self._leaves(splits, inside)
-        patches = self._merge_levels(images, leaves, self._gates(splits, probs), height, width)
-        expected = self._expected_patches(probs, inside)
+        probs = quadtree.split_probabilities(scores, thresholds, self.temperature)
+        splits = quadtree.split_decisions(
+            scores, thresholds, inside, self.rule, self.max_patches, self.budget
+        )
+        leaves = quadtree.leaf_masks(splits, inside)
+        gates = quadtree.straight_through_gates(splits, probs)
+        patches = self._merge_levels(images, leaves, gates, height, width)
+        expected = quadtree.expected_patch_count(probs, inside)
         patches.update(
             split_probs=probs,
             expected_patches=expected,
-            patch_fraction=expected / self._finest_count(height, width),
+            patch_fraction=expected / quadtree.finest_count(height, width, self.min_size),
         )
         return patches
 
@@ -214,126 +199,6 @@ class DynamicPatcher(keras.layers.Layer):
         )
         with tf.control_dependencies([same]):
             return tf.identity(complexity)
-
-    def _pad(self, tensor, height, width):
-        """Pad bottom and right (SYMMETRIC) to multiples of `base_size`."""
-        pad_h = -height % self.base_size
-        pad_w = -width % self.base_size
-        return tf.pad(tensor, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], "SYMMETRIC")
-
-    # -- decisions ----------------------------------------------------------
-
-    def _node_means(self, complexity):
-        """Mean complexity of every node, per level: `[B, Hp/s, Wp/s]`."""
-        means = [_block_mean(complexity, self.min_size)]
-        for _ in range(self.num_levels - 1):
-            means.insert(0, _block_mean(means[0], 2))
-        return [mean[..., 0] for mean in means]
-
-    @staticmethod
-    def _inside(grid, size, height, width):
-        """`[1, h, w]` bool: the node's top-left pixel lies in the unpadded image."""
-        rows = tf.range(tf.shape(grid)[1]) * size < height
-        cols = tf.range(tf.shape(grid)[2]) * size < width
-        return tf.logical_and(rows[:, None], cols[None, :])[None]
-
-    def _split_scores(self, means):
-        """The per-node statistic compared with each split level's threshold."""
-        if self.rule == "block":
-            return [_upsample(means[0], 2**level) for level in range(self.num_levels - 1)]
-        return means[: self.num_levels - 1]
-
-    def _split_decisions(self, scores, thresholds, inside):
-        """Hard, tree-consistent split decisions per split level, `[B, h, w]` bool."""
-        if self.rule == "budget":
-            return self._select_by_priority(
-                scores, _budget_candidates(scores, inside), inside, self.budget, exact=True
-            )
-        wanted = [score > thresholds[level] for level, score in enumerate(scores)]
-        splits = _tree_consistent(wanted, inside)
-        if self.max_patches is None:
-            return splits
-        return self._select_by_priority(scores, splits, inside, self.max_patches, exact=False)
-
-    def _select_by_priority(self, scores, candidates, inside, max_count, exact):
-        """Keep the highest-priority candidate splits while the count stays <= max_count.
-
-        Priorities are the scores made monotone down the tree, and the stable sort
-        keeps a parent ahead of its children on ties, so every prefix is a tree.
-        """
-        priorities = [scores[0]]
-        for score in scores[1:]:
-            priorities.append(tf.minimum(score, _upsample(priorities[-1], 2)))
-        shapes = [tf.shape(p) for p in priorities]
-        batch = shapes[0][0]
-        flat_priority = tf.concat([tf.reshape(p, [batch, -1]) for p in priorities], 1)
-        flat_candidate = tf.concat([tf.reshape(c, [batch, -1]) for c in candidates], 1)
-        # A split adds its children that lie in the image, minus itself.
-        gains = tf.concat([tf.reshape(_children_inside(child) - 1, [1, -1]) for child in inside[1:]], 1)
-        flat_priority = tf.where(flat_candidate, flat_priority, -np.inf)
-        order = tf.argsort(flat_priority, axis=1, direction="DESCENDING", stable=True)
-        sorted_gain = tf.gather(tf.where(flat_candidate, gains, 0), order, batch_dims=1)
-        allowed = max_count - tf.reduce_prod(shapes[0][1:])
-        if exact:
-            allowed = self._checked_budget(allowed, tf.reduce_sum(sorted_gain, 1))
-        keep_sorted = tf.logical_and(
-            tf.cumsum(sorted_gain, axis=1) <= allowed,
-            tf.gather(flat_candidate, order, batch_dims=1),
-        )
-        keep = tf.gather(keep_sorted, tf.argsort(order, axis=1), batch_dims=1)
-        sizes = [tf.reduce_prod(shape[1:]) for shape in shapes]
-        # Split as int32: TFLite has no bool kernel for SplitV.
-        parts = tf.split(tf.cast(keep, tf.int32), sizes, axis=1)
-        return [tf.reshape(part, shape) > 0 for part, shape in zip(parts, shapes)]
-
-    def _checked_budget(self, allowed, available):
-        checks = [
-            tf.debugging.assert_equal(
-                allowed % 3, 0,
-                message=f"budget {self.budget} minus the base block count must be a multiple of 3",
-            ),
-            tf.debugging.assert_greater_equal(
-                allowed, 0, message=f"budget {self.budget} is below the base block count"
-            ),
-            tf.debugging.assert_less_equal(
-                allowed, tf.reduce_min(available),
-                message=f"budget {self.budget} exceeds what the image can be split into",
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(allowed)
-
-    def _leaves(self, splits, inside):
-        """Leaf masks per level, `[B, h, w]` bool, patches in the image only."""
-        leaves, exists = [], tf.ones_like(splits[0])
-        for level, split in enumerate(splits):
-            leaves.append(exists & ~split & inside[level])
-            exists = _upsample(split, 2)
-        leaves.append(exists & inside[-1])
-        return leaves
-
-    def _gates(self, splits, probs):
-        """Straight-through gates per level: value 1 on leaves, gradient of soft splits."""
-        gates, ancestors = [], tf.ones_like(probs[0])
-        for split, prob in zip(splits, probs):
-            straight = tf.cast(split, tf.float32) + (prob - tf.stop_gradient(prob))
-            gates.append(ancestors * (1.0 - straight))
-            ancestors = _upsample(ancestors * straight, 2)
-        gates.append(ancestors)
-        return gates
-
-    def _expected_patches(self, probs, inside):
-        """Soft expected patch count per image: sum of leaf probabilities down the tree."""
-        total, exists = 0.0, tf.ones_like(probs[0])
-        for level, prob in enumerate(probs):
-            total += _masked_sum(exists * (1.0 - prob), inside[level])
-            exists = _upsample(exists * prob, 2)
-        return total + _masked_sum(exists, inside[-1])
-
-    def _finest_count(self, height, width):
-        """How many `min_size` patches would tile the unpadded image (float32)."""
-        rows = tf.math.ceil(tf.cast(height, tf.float32) / self.min_size)
-        return rows * tf.math.ceil(tf.cast(width, tf.float32) / self.min_size)
 
     # -- patches ------------------------------------------------------------
 
@@ -366,22 +231,8 @@ class DynamicPatcher(keras.layers.Layer):
             "levels": tf.fill(tf.shape(row), level),
             "gates": tf.gather_nd(gate, index),
             "image": image,
-            "key": self._order_key(images, image, row, col, level),
+            "key": _order_key(images, image, row, col, level, self.base_size, self.num_levels),
         }
-
-    def _order_key(self, images, image, row, col, level):
-        """Sort key: image, base block in raster order, then Morton code inside it."""
-        per_block = 2**level
-        # Divide in int32: TFLite's FLOOR_DIV has no int64 kernel.
-        row, col = tf.cast(row, tf.int32), tf.cast(col, tf.int32)
-        blocks_wide = tf.shape(images)[2] // self.base_size
-        blocks_high = tf.shape(images)[1] // self.base_size
-        block = (row // per_block) * blocks_wide + col // per_block
-        scale = 2 ** (self.num_levels - 1 - level)
-        morton = _interleave((row % per_block) * scale, (col % per_block) * scale, self.num_levels - 1)
-        cells = 4 ** (self.num_levels - 1)
-        per_image = tf.cast(blocks_high * blocks_wide * cells, tf.int64)
-        return image * per_image + tf.cast(block * cells + morton, tf.int64)
 
     def _resample(self, patches):
         """`[n, s, s, C]` -> `[n, P, P, C]`: area mean when shrinking, bilinear when enlarging."""
@@ -390,7 +241,7 @@ class DynamicPatcher(keras.layers.Layer):
             return patches
         if size < token:
             return tf.image.resize(patches, (token, token), method="bilinear")
-        return _block_mean(patches, size // token)
+        return image_ops.block_mean(patches, size // token)
 
     def get_config(self):
         config = super().get_config()
@@ -412,49 +263,25 @@ class DynamicPatcher(keras.layers.Layer):
         return config
 
 
-def _upsample(grid, factor):
-    """Repeat every cell of `[B, h, w]` into a `factor` x `factor` square."""
-    return tf.repeat(tf.repeat(grid, factor, axis=1), factor, axis=2)
-
-
-def _tree_consistent(wanted, inside):
-    """A node splits only if it is wanted, lies in the image, and its parent split."""
-    splits, exists = [], None
-    for level, want in enumerate(wanted):
-        split = want & inside[level]
-        if exists is not None:
-            split &= exists
-        splits.append(split)
-        exists = _upsample(split, 2)
-    return splits
-
-
-def _budget_candidates(scores, inside):
-    """Nodes whose four children lie in the image, and whose ancestors' do too."""
-    full = [
-        (_children_inside(child) == 4) & tf.ones_like(score, tf.bool)
-        for score, child in zip(scores, inside[1:])
-    ]
-    return _tree_consistent(full, inside)
-
-
-def _children_inside(inside):
-    """`[1, 2h, 2w]` bool -> `[1, h, w]` int32: how many of each parent's four children lie inside."""
-    pooled = _block_mean(tf.cast(inside, tf.float32)[..., None], 2)
-    return tf.cast(tf.round(pooled[..., 0] * 4), tf.int32)
-
-
-def _block_mean(tensor, factor):
-    """Mean over `factor` x `factor` blocks of `[N, H, W, C]` (H, W multiples of it).
-
-    A reshape and a mean: much faster on the CPU than `avg_pool2d` on one channel.
-    """
-    shape = tf.shape(tensor)
-    channels = tensor.shape[-1]
-    grouped = tf.reshape(
-        tensor, [shape[0], shape[1] // factor, factor, shape[2] // factor, factor, channels]
-    )
-    return tf.reduce_mean(grouped, axis=[2, 4])
+def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budget, temperature):
+    """The number of levels from `base_size` to `min_size`, after checking the arguments."""
+    for name, value in (("base_size", base_size), ("min_size", min_size), ("token_size", token_size)):
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two; got {value}.")
+    if min_size > base_size:
+        raise ValueError(f"min_size {min_size} exceeds base_size {base_size}.")
+    num_levels = int(np.log2(base_size // min_size)) + 1
+    if len(thresholds) != num_levels - 1:
+        raise ValueError(
+            f"thresholds needs {num_levels - 1} values (one per split level "
+            f"from {base_size} to {min_size} px); got {len(thresholds)}."
+        )
+    quadtree.check_rule(rule, budget)
+    if min(thresholds) <= 0:
+        raise ValueError(f"thresholds must be positive; got {tuple(thresholds)}.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive; got {temperature}.")
+    return num_levels
 
 
 def _cut_patches(images, index, size):
@@ -474,13 +301,25 @@ def _cut_patches(images, index, size):
     return tf.reshape(patches, [count, size, size, channels])
 
 
+def _order_key(images, image, row, col, level, base_size, num_levels):
+    """Sort key of the patches `(image, row, col)` of `level`: image, base block in
+    raster order, then Morton code inside it (int64)."""
+    per_block = 2**level
+    # Divide in int32: TFLite's FLOOR_DIV has no int64 kernel.
+    row, col = tf.cast(row, tf.int32), tf.cast(col, tf.int32)
+    blocks_wide = tf.shape(images)[2] // base_size
+    blocks_high = tf.shape(images)[1] // base_size
+    block = (row // per_block) * blocks_wide + col // per_block
+    scale = 2 ** (num_levels - 1 - level)
+    morton = _interleave((row % per_block) * scale, (col % per_block) * scale, num_levels - 1)
+    cells = 4 ** (num_levels - 1)
+    per_image = tf.cast(blocks_high * blocks_wide * cells, tf.int64)
+    return image * per_image + tf.cast(block * cells + morton, tf.int64)
+
+
 def _interleave(rows, cols, bits):
     """Morton code: bits of `rows` and `cols` interleaved (row bit above col bit)."""
     code = tf.zeros_like(rows)
     for bit in range(bits):
         code += (rows // 2**bit % 2) * 2 ** (2 * bit + 1) + (cols // 2**bit % 2) * 2 ** (2 * bit)
     return code
-
-
-def _masked_sum(values, mask):
-    return tf.reduce_sum(tf.where(mask, values, 0.0), axis=[1, 2])

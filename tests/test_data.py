@@ -1,21 +1,16 @@
-"""Tests of dynpatch_tf.data: the image folder pipeline and the augmentation."""
+"""Tests of dynpatch_tf.data: the image folder pipeline, augmentation applied included."""
 
 import logging
 import os
 import struct
 from collections import Counter
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf.data import (
-    RandomCornerWarp,
-    _square_to_quad_transform,
-    image_folder_dataset,
-    make_augmentation,
-)
+from dynpatch_tf.augment import make_augmentation
+from dynpatch_tf.data import image_folder_dataset
 
 
 def random_image(height, width, channels=3, seed=0):
@@ -205,27 +200,3 @@ def test_augmentation_changes_pixels_but_not_labels_or_shapes(folder):
         assert float(tf.reduce_mean(tf.abs(warped - image))) > 0.01
         np.testing.assert_array_equal(same, image)
         assert 0 <= float(tf.reduce_min(warped)) and float(tf.reduce_max(warped)) <= 1
-
-
-def test_corner_warp_maps_the_image_corners_to_the_drawn_corners():
-    height, width = 63.0, 95.0
-    corners = tf.constant([[[3, -2], [97, 4], [90, 60], [-5, 66]]], tf.float32)
-    transform = _square_to_quad_transform(corners, tf.constant(height), tf.constant(width))
-    a0, a1, a2, b0, b1, b2, c0, c1 = transform[0].numpy()
-    for (x, y), expected in zip([(0, 0), (width, 0), (width, height), (0, height)],
-                                corners[0].numpy()):
-        k = c0 * x + c1 * y + 1
-        np.testing.assert_allclose([(a0 * x + a1 * y + a2) / k, (b0 * x + b1 * y + b2) / k],
-                                   expected, atol=1e-3)
-
-
-def test_corner_warp_is_identity_when_not_training_and_serializes():
-    images = tf.random.uniform((2, 64, 80, 3), seed=0)
-    warp = RandomCornerWarp(0.1, seed=3)
-    np.testing.assert_array_equal(warp(images, training=False), images)
-    warped = warp(images, training=True)
-    assert warped.shape == images.shape
-    assert float(tf.reduce_mean(tf.abs(warped - images))) > 0.01
-    restored = keras.layers.deserialize(keras.layers.serialize(warp))
-    assert isinstance(restored, RandomCornerWarp)
-    assert (restored.factor, restored.seed) == (0.1, 3)

@@ -65,7 +65,7 @@ def test_fit_strides_rule(size, expected):
     assert fit_strides(size, [2, 2, 2, 2]) == expected
     mixed = fit_strides(size, [1, 2, 1, 2, 1, 2, 1, 2])  # stride-1 layers change nothing
     assert mixed[0::2] == [1, 1, 1, 1] and mixed[1::2] == expected
-    assert fit_strides(8, [2, 2, 2, 2], min_size=1) == [2, 2, 2, 1]
+    assert fit_strides(8, [2, 2, 2, 2], min_feature_size=1) == [2, 2, 2, 1]
 
 
 @pytest.mark.parametrize("size, final", [(8, 2), (16, 2), (32, 2), (64, 4)])
@@ -217,7 +217,7 @@ def test_scales_multiply_each_patch_inside_the_chunks():
 
 def test_config_round_trip():
     layer = PatchEmbedder(
-        **TINY, stem_filters=16, min_size=1, bn_momentum=0.9, chunk_size=5, name="emb"
+        **TINY, stem_filters=16, min_feature_size=1, bn_momentum=0.9, chunk_size=5, name="emb"
     )
     pixels = ragged_pixels()
     layer.build(pixels.shape)
@@ -233,6 +233,14 @@ def test_config_round_trip():
     )
     block = InvertedResidual(8, 16, expansion=3, strides=2, bn_epsilon=1e-2)
     assert InvertedResidual.from_config(block.get_config()).get_config() == block.get_config()
+
+
+def test_config_saved_with_the_old_min_size_key_loads():
+    config = PatchEmbedder(**TINY, min_feature_size=1).get_config()
+    config["min_size"] = config.pop("min_feature_size")
+    clone = PatchEmbedder.from_config(config)
+    assert clone.min_feature_size == 1
+    assert "min_size" not in clone.get_config()
 
 
 def test_save_load_sequential(tmp_path):

@@ -97,17 +97,6 @@ def test_budget_gives_exactly_n(budget):
     assert out["pixels"].to_tensor().shape[1] == budget
 
 
-def test_budget_splits_the_busiest_nodes_first():
-    complexity = np.zeros((1, 128, 128, 1), "float32")
-    complexity[0, :64, 64:] = 1.0  # the busiest base block: top right
-    complexity[0, 64:, :64] = 0.5
-    out = patch(np.zeros((1, 128, 128, 3), "float32"), complexity, rule="budget", budget=4 + 3)
-    levels = out["levels"][0].numpy()
-    boxes = out["boxes"][0].numpy()
-    assert sorted(levels.tolist()) == [0, 0, 0, 1, 1, 1, 1]
-    assert all(box[0] < 64 and box[1] >= 64 for box in boxes[levels == 1])
-
-
 @pytest.mark.parametrize("budget", [65, 30])
 def test_budget_that_cannot_be_met_is_an_error(budget):
     with pytest.raises(tf.errors.InvalidArgumentError, match="budget"):
@@ -123,16 +112,6 @@ def test_max_patches_holds_on_large_white_noise(rng):
     count = out["levels"].row_lengths().numpy()[0]
     assert cap - 3 < count <= cap
     assert_tiles(out["boxes"][0].numpy(), 2048, 2048)
-
-
-def test_max_patches_undoes_the_least_complex_splits_first():
-    complexity = np.zeros((1, 64, 128, 1), "float32")
-    complexity[0, :, :64] = 1.0
-    complexity[0, :, 64:] = 0.5
-    out = patch(np.zeros((1, 64, 128, 3), "float32"), complexity, thresholds=SMALL, max_patches=2 + 3)
-    boxes, levels = out["boxes"][0].numpy(), out["levels"][0].numpy()
-    assert sorted(levels.tolist()) == [0, 1, 1, 1, 1]
-    assert all(box[3] <= 64 for box in boxes[levels == 1])  # the busier left block kept its split
 
 
 def area_average(image, box, token):
@@ -166,20 +145,6 @@ def test_patch_pixels_are_resampled_source_regions(token):
         else:
             expected = bilinear_half_pixel(source[box[0] : box[2], box[1] : box[3]], token)
         np.testing.assert_allclose(pixel, expected, atol=2e-6)
-
-
-def test_block_rule_matches_its_definition():
-    thresholds = (0.1, 0.2, 0.3)
-    block_means = np.array([[0.05, 0.15, 0.25], [0.35, 0.12, 0.0]])
-    complexity = np.kron(block_means, np.ones((64, 64)))[None, ..., None].astype("float32")
-    # Detail inside a block must not matter to the block rule.
-    complexity[0, 70:72, 70:72] += 0.01
-    out = patch(np.zeros((1, 128, 192, 3), "float32"), complexity, rule="block", thresholds=thresholds)
-    boxes, levels = out["boxes"][0].numpy(), out["levels"][0].numpy()
-    for (y0, x0, _, _), level in zip(boxes, levels):
-        mean = complexity[0, (y0 // 64) * 64 : (y0 // 64 + 1) * 64, (x0 // 64) * 64 : (x0 // 64 + 1) * 64].mean()
-        assert level == sum(mean > t for t in thresholds)
-    assert np.bincount(levels, minlength=4).tolist() == [2, 8, 16, 64]
 
 
 def test_quadtree_splits_only_busy_nodes():

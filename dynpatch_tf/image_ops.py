@@ -1,4 +1,4 @@
-"""Image tensor helpers shared by the layers: validation and conversion to float.
+"""Image tensor helpers shared by the layers: validation, conversion to float, padding, block means.
 
 Images enter the library as `[B, H, W, C]` tensors, `uint8` in 0..255 or floating
 point in 0..1, with `C` in {1, 3}. Checks that can be made from the static shape
@@ -12,12 +12,12 @@ import tensorflow as tf
 VALID_CHANNELS = (1, 3)
 
 
-def check_image_shape(shape, min_size, name="images"):
+def check_image_shape(shape, min_image_size, name="images"):
     """Raise `ValueError` when a static image shape is not `[B, H, W, C]`.
 
     Args:
         shape: a `tf.TensorShape` or tuple; unknown dimensions are `None`.
-        min_size: the smallest height and width accepted.
+        min_image_size: the smallest height and width accepted.
         name: how the tensor is called in messages.
     """
     shape = tf.TensorShape(shape)
@@ -32,14 +32,14 @@ def check_image_shape(shape, min_size, name="images"):
         raise ValueError(f"{name} must have 1 or 3 channels; got {channels} (shape {shape}).")
     for axis, label in ((1, "height"), (2, "width")):
         size = shape[axis]
-        if size is not None and size < min_size:
+        if size is not None and size < min_image_size:
             raise ValueError(
-                f"{name} {label} {size} is below the minimum {min_size} "
+                f"{name} {label} {size} is below the minimum {min_image_size} "
                 f"(one base patch); got shape {shape}."
             )
 
 
-def runtime_image_checks(images, min_size, name="images"):
+def runtime_image_checks(images, min_image_size, name="images"):
     """Graph assertions on sizes and values that the static shape cannot show.
 
     Returns a list of ops to use as control dependencies. NaN and Inf are only
@@ -49,8 +49,8 @@ def runtime_image_checks(images, min_size, name="images"):
     checks = [
         tf.debugging.assert_greater_equal(
             tf.reduce_min(shape[1:3]),
-            tf.cast(min_size, shape.dtype),
-            message=f"{name} height and width must be at least {min_size} (one base patch)",
+            tf.cast(min_image_size, shape.dtype),
+            message=f"{name} height and width must be at least {min_image_size} (one base patch)",
         )
     ]
     if images.dtype.is_floating:
@@ -71,21 +71,21 @@ def to_unit_float(images):
     return tf.cast(images, tf.float32)
 
 
-def prepare_images(images, min_size, validate=True, name="images"):
+def prepare_images(images, min_image_size, validate=True, name="images"):
     """Validate `images` and return them as float32 in 0..1.
 
     Args:
         images: `[B, H, W, C]` uint8 or float tensor (or array).
-        min_size: the smallest height and width accepted.
+        min_image_size: the smallest height and width accepted.
         validate: add the value checks (NaN/Inf, dynamic sizes) to the graph.
         name: how the tensor is called in messages.
     """
     images = tf.convert_to_tensor(images)
-    check_image_shape(images.shape, min_size, name)
+    check_image_shape(images.shape, min_image_size, name)
     images = to_unit_float(images)
     if not validate:
         return images
-    with tf.control_dependencies(runtime_image_checks(images, min_size, name)):
+    with tf.control_dependencies(runtime_image_checks(images, min_image_size, name)):
         return tf.identity(images)
 
 
@@ -99,3 +99,30 @@ def luminance(images):
     weights = tf.constant([0.299, 0.587, 0.114], dtype=images.dtype)
     # matvec is several times faster than a multiply and reduce on the CPU.
     return tf.linalg.matvec(images, weights)[..., None]
+
+
+def pad_to_multiple(tensor, multiple, height, width):
+    """Pad `[B, H, W, C]` at the bottom and right to multiples of `multiple`.
+
+    SYMMETRIC padding, i.e. SciPy's `reflect` (the edge pixel is repeated).
+    `height, width` are the tensor's own (dynamic) sizes.
+    """
+    pad_h = -height % multiple
+    pad_w = -width % multiple
+    return tf.pad(tensor, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], "SYMMETRIC")
+
+
+def block_mean(tensor, factor):
+    """Mean over `factor` x `factor` blocks of `[N, H, W, C]` (H, W multiples of it).
+
+    A reshape and a mean: much faster on the CPU than `avg_pool2d` on one channel.
+
+    Returns:
+        `[N, H / factor, W / factor, C]`.
+    """
+    shape = tf.shape(tensor)
+    channels = tensor.shape[-1]
+    grouped = tf.reshape(
+        tensor, [shape[0], shape[1] // factor, factor, shape[2] // factor, factor, channels]
+    )
+    return tf.reduce_mean(grouped, axis=[2, 4])
