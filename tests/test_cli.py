@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf import cli, demo, make_needles
+from dynpatch_tf import DynamicPatchModel, cli, demo, make_needles
 from dynpatch_tf.cli import main
+from dynpatch_tf.data import read_image
+from dynpatch_tf.visualize import COMPLEXITY_PERCENTILE, apply_colormap
 
 SIZE = 128
 EPOCHS = 3
@@ -275,3 +277,22 @@ def test_demo_writes_everything_under_its_output(monkeypatch, tmp_path):
     assert pictures == sorted([*(f"{name}.png" for name in demo.PHOTOS),
                                "needles_0.png", "needles_1.png"])
     assert os.listdir(tmp_path) == ["out"], "nothing is written outside --output"
+
+
+def test_visualize_draws_the_complexity_of_the_models_sigma(image_folder, tmp_path):
+    folder, images = image_folder
+    path = str(tmp_path / "sigma_2.keras")
+    model = DynamicPatchModel(num_classes=2, sigma=2.0, token_size=8, embed_dim=16,
+                              width_multiplier=0.25, attention_filters=(4,))
+    model.build((None, None, None, 3))
+    model.save(path)
+    status, _ = run_main(["visualize", "--model", path, str(folder / "needles_0.png"),
+                          "--output", str(tmp_path)])
+    assert status == 0
+    picture = tf.io.decode_png(tf.io.read_file(str(tmp_path / "needles_0.png"))).numpy()
+    height, width = images.shape[1:3]
+    image = read_image(str(folder / "needles_0.png"))  # as the command reads it
+    complexity = keras.models.load_model(path).complexity(image[None])
+    values = np.asarray(complexity).reshape(height, width)
+    expected = apply_colormap(values / np.percentile(values, COMPLEXITY_PERCENTILE))
+    np.testing.assert_array_equal(picture[:, width + GAP:2 * width + GAP], expected)
