@@ -16,6 +16,7 @@ dynpatch export --model run/model.keras --format saved_model --output saved_mode
 """
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import inspect
@@ -27,25 +28,14 @@ import numpy as np
 import tensorflow as tf
 
 from dynpatch_tf import demo
-from dynpatch_tf.data import (
-    IMAGE_EXTENSIONS,
-    clean_op_message,
-    list_image_files,
-    make_augmentation,
-    read_image,
-)
+from dynpatch_tf.data import IMAGE_EXTENSIONS, clean_op_message, list_image_files, read_image
+from dynpatch_tf.data import make_augmentation
 from dynpatch_tf.inference import embed_function
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.needles import NEEDLE_KINDS
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
-from dynpatch_tf.training import (
-    compile_classifier,
-    describe_counts,
-    fit_and_save,
-    folder_datasets,
-    needles_datasets,
-    patch_counts,
-)
+from dynpatch_tf.training import compile_classifier, describe_counts, fit_and_save, patch_counts
+from dynpatch_tf.training import folder_datasets, needles_datasets
 from dynpatch_tf.visualize import render_patches, save_png
 
 # Side of generated needles images unless --image-size says otherwise.
@@ -179,8 +169,7 @@ def _add_embed_parser(commands):
         "of each row). Files that cannot be read or embedded are reported on stderr "
         "and skipped.",
     )
-    _add_model_argument(parser, required=True)
-    _add_images_arguments(parser)
+    _add_images_arguments(parser, model_required=True)
 
 
 def _add_visualize_parser(commands):
@@ -190,8 +179,7 @@ def _add_visualize_parser(commands):
         "quadtree patches (outlines coloured by size: 64 px red, 32 yellow, 16 cyan, "
         "8 green), the complexity map, and the attention weights over the image.",
     )
-    _add_model_argument(parser, required=False)
-    _add_images_arguments(parser)
+    _add_images_arguments(parser, model_required=False)
 
 
 def _add_export_parser(commands):
@@ -259,11 +247,24 @@ def _add_model_argument(parser, required):
     )
 
 
-def _add_images_arguments(parser):
+def _add_images_arguments(parser, model_required):
+    _add_model_argument(parser, model_required)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, or folders searched recursively for "
                         + ", ".join(IMAGE_EXTENSIONS) + " files")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write to")
+
+
+@contextlib.contextmanager
+def _reported(*errors, prefix=""):
+    """Reports `errors` (ValueError by default) raised inside as a CommandError.
+
+    For library calls whose messages name the problem and the value.
+    """
+    try:
+        yield
+    except errors or ValueError as error:
+        raise CommandError(f"{prefix}{error}") from None
 
 
 def _train(args):
@@ -332,7 +333,8 @@ def _evaluate(args):
 
 
 def _embed(args):
-    paths = _image_paths(args.images)
+    with _reported():
+        paths = list_image_files(args.images)
     model = _load_model(args.model)
     embed = embed_function(model)
     rows, embeddings = [], []
@@ -355,7 +357,8 @@ def _embed(args):
 
 
 def _visualize(args):
-    paths = _image_paths(args.images)
+    with _reported():
+        paths = list_image_files(args.images)
     if args.model:
         model = _load_model(args.model)
     else:
@@ -392,10 +395,8 @@ def _export(args):
 
 
 def _demo(args):
-    try:
+    with _reported():
         demo.run_demo(args.output, args.epochs, args.images, args.seed)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
 
 
 def _for_each_image(paths, process, min_size, verbose):
@@ -421,13 +422,6 @@ def _for_each_image(paths, process, min_size, verbose):
         progress.add(1)
 
 
-def _image_paths(inputs):
-    try:
-        return list_image_files(inputs)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-
-
 def _load_datasets(args, training=False):
     """Datasets from `--data` or `--needles`: `(dataset, validation, class_names)`.
 
@@ -440,17 +434,13 @@ def _load_datasets(args, training=False):
     if args.needles is not None:
         if args.needles < 1:
             raise CommandError(f"--needles must be at least 1, got {args.needles}.")
-        try:
+        with _reported():
             return needles_datasets(args.needles, args.image_size or NEEDLES_IMAGE_SIZE,
                                     args.classes, args.seed, args.batch_size, split, augment)
-        except ValueError as error:
-            raise CommandError(str(error)) from None
     image_size = (args.image_size, args.image_size) if args.image_size else None
-    try:
+    with _reported(ValueError, OSError, prefix=f"cannot read {args.data!r}: "):
         return folder_datasets(args.data, args.batch_size, image_size, args.seed, split,
                                augment, shuffle=training)
-    except (ValueError, OSError) as error:
-        raise CommandError(f"cannot read {args.data!r}: {error}") from None
 
 
 def _augmentation(args):
@@ -462,20 +452,16 @@ def _augmentation(args):
             flags = ", ".join(f"--{name}" for name in factors)
             raise CommandError(f"{flags} {'is' if len(factors) == 1 else 'are'} for --augment.")
         return None
-    try:
+    with _reported():
         return make_augmentation(**{**AUGMENTATION, **factors}, seed=args.seed)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
 
 
 def _load_model(path):
     """Loads a `.keras` model file, with a clear error when that fails."""
     if not os.path.isfile(path):
         raise CommandError(f"no model file {path!r}.")
-    try:
+    with _reported(ValueError, OSError, TypeError, prefix=f"cannot load the model {path!r}: "):
         return keras.models.load_model(path)
-    except (ValueError, OSError, TypeError) as error:
-        raise CommandError(f"cannot load the model {path!r}: {error}") from None
 
 
 def _verbosity(args):
