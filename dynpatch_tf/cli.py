@@ -82,8 +82,7 @@ def _build_parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
-    _add_embed_parser(commands)
-    _add_visualize_parser(commands)
+    _add_image_file_parsers(commands)
     _add_export_parser(commands)
     _add_demo_parser(commands)
     return parser
@@ -161,25 +160,23 @@ def _add_evaluate_parser(commands):
     _add_data_arguments(parser, default_seed=1)
 
 
-def _add_embed_parser(commands):
-    parser = _add_command(
+def _add_image_file_parsers(commands):
+    """`embed` (a model needed) and `visualize` (an untrained model by default)."""
+    embed = _add_command(
         commands, "embed", _embed, "embed image files",
         "Embed image files with a model. Writes OUTPUT/embeddings.npy (the pooled "
         "embeddings, [n, D] float32) and OUTPUT/embeddings.csv (path and patch count "
         "of each row). Files that cannot be read or embedded are reported on stderr "
         "and skipped.",
     )
-    _add_images_arguments(parser, model_required=True)
-
-
-def _add_visualize_parser(commands):
-    parser = _add_command(
+    visualize = _add_command(
         commands, "visualize", _visualize, "draw patches, complexity and attention",
         "Draw, for each image, a PNG OUTPUT/<name>.png with three panels: the "
         "quadtree patches (outlines coloured by size: 64 px red, 32 yellow, 16 cyan, "
         "8 green), the complexity map, and the attention weights over the image.",
     )
-    _add_images_arguments(parser, model_required=False)
+    for parser, model_required in ((embed, True), (visualize, False)):
+        _add_images_arguments(parser, model_required)
 
 
 def _add_export_parser(commands):
