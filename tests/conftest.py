@@ -5,13 +5,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from dynpatch_tf.data import sample_photo  # noqa: E402
+
 
 def photo(name):
     """A real photograph that ships with scikit-image, as uint8 [H, W, C]."""
-    import skimage.data
-
-    image = getattr(skimage.data, name)()
-    return image[..., None] if image.ndim == 2 else image
+    return sample_photo(name, channels=None)
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
 """The `dynpatch` command line, end to end on a tiny needles set.
 
-One training run serves every test (module fixture `run`): started as a
-subprocess, killed with SIGKILL once its first epoch is backed up, then run
-again in-process with the same arguments, which must resume. Its model then
-goes through `evaluate`, `embed` and `visualize`.
+One training run serves every test (module fixture `run`); its model then goes
+through `evaluate`, `embed` and `visualize`. Resuming a killed run is
+`fit_and_save`'s (tests/test_training.py).
 """
 
 import contextlib
@@ -12,10 +11,6 @@ import io
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import types
 
 import keras
@@ -23,8 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf import make_needles
+from dynpatch_tf import DynamicPatchModel, cli, demo, make_needles
 from dynpatch_tf.cli import main
+from dynpatch_tf.data import read_image
+from dynpatch_tf.visualize import COMPLEXITY_PERCENTILE, apply_colormap
 
 SIZE = 128
 EPOCHS = 3
@@ -49,47 +46,17 @@ def run_main(argv):
     return status, stdout.getvalue()
 
 
-def backed_up_epoch(output):
-    """The last epoch in `output/backup`, or None while there is none."""
-    try:
-        metadata = json.loads((output / "backup" / "training_metadata.json").read_text())
-        return metadata["epoch"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def epochs_announced(text):
-    """The epoch numbers of the `Epoch N/M` lines Keras printed."""
-    return [int(n) for n in re.findall(rf"^Epoch (\d+)/{EPOCHS}$", text, flags=re.M)]
-
-
 def read_history(output):
     return json.loads((output / "history.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A training run killed after its first epoch, then resumed in-process."""
+    """A training run of the command."""
     output = tmp_path_factory.mktemp("run")
-    command = [sys.executable, "-m", "dynpatch_tf.cli", "train", *TINY_TRAINING,
-               "--output", str(output)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    deadline = time.monotonic() + 300
-    while backed_up_epoch(output) is None:
-        assert process.poll() is None, f"the run ended first:\n{process.communicate()[0]}"
-        assert time.monotonic() < deadline, "no epoch finished in 300 s"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    killed_log = process.communicate()[0]
-    assert process.returncode == -signal.SIGKILL, f"the run ended by itself:\n{killed_log}"
-    killed = types.SimpleNamespace(
-        log=killed_log, epoch=backed_up_epoch(output), history=read_history(output)
-    )
-    status, resumed_log = run_main(["train", *TINY_TRAINING, "--output", str(output)])
-    assert status == 0, resumed_log
-    return types.SimpleNamespace(output=output, model=str(output / "model.keras"),
-                                 killed=killed, resumed_log=resumed_log)
+    status, log = run_main(["train", *TINY_TRAINING, "--output", str(output)])
+    assert status == 0, log
+    return types.SimpleNamespace(output=output, model=str(output / "model.keras"), log=log)
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +76,13 @@ def image_folder(tmp_path_factory):
     return folder, images
 
 
-def test_killed_training_resumes_after_its_last_epoch(run):
-    assert run.killed.epoch >= 1
-    assert epochs_announced(run.killed.log)[0] == 1
-    assert "Resuming the interrupted run" in run.resumed_log
-    assert epochs_announced(run.resumed_log) == list(range(run.killed.epoch + 1, EPOCHS + 1))
-    history = read_history(run.output)
-    assert [record["epoch"] for record in history] == list(range(1, EPOCHS + 1))
-    # The epochs of the killed run are kept as they were, not trained again.
-    assert history[:run.killed.epoch] == run.killed.history[:run.killed.epoch]
-    assert {"loss", "accuracy", "patches", "val_accuracy"} <= set(history[-1])
+def test_train_writes_the_model_checkpoints_and_history(run):
+    assert "Classes: plus, ring" in run.log
+    assert re.findall(rf"^Epoch (\d+)/{EPOCHS}$", run.log, flags=re.M) == ["1", "2", "3"]
+    assert f"Saved the model to {run.model}" in run.log
+    assert [record["epoch"] for record in read_history(run.output)] == [1, 2, 3]
     checkpoints = sorted(os.listdir(run.output / "checkpoints"))
     assert checkpoints == [f"epoch-{epoch:03d}.keras" for epoch in range(1, EPOCHS + 1)]
-    assert os.path.isfile(run.model)
-    assert not os.path.exists(run.output / "backup"), "a finished run drops its backup"
 
 
 def test_evaluate_prints_accuracy_loss_and_patch_counts(run, model):
@@ -225,6 +185,13 @@ def test_export_calls_the_export_module(run, monkeypatch, tmp_path, options, cal
       "--version", "2"], "--version is for --format saved_model"),
     (["embed", "--model", "m.keras", "no/such/file.png", "--output", "x"],
      "neither a file nor a folder"),
+    (["train", "--needles", "8", "--thresholds", "0.001", "0.002", "--output", "x"],
+     "--thresholds needs one value per split level: 3 for patches of 64, 32, 16, 8 px, got 2."),
+    (["train", "--needles", "8", "--min-patch-size", "16", "--output", "x"],
+     "--thresholds needs one value per split level: 2 for patches of 64, 32, 16 px, got none."),
+    (["train", "--needles", "8", "--base-size", "48", "--output", "x"],
+     "--base-size must be a power of two, got 48."),
+    (["train", "--needles", "8", "--zoom", "0.2", "--output", "x"], "--zoom is for --augment."),
 ])
 def test_bad_input_is_reported_by_name(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -239,7 +206,9 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert f"usage: dynpatch {command}" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert f"usage: dynpatch {command}" in help_text
+    assert "--verbose" in help_text
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -251,3 +220,79 @@ def test_argument_errors_exit_with_usage(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def fitted(monkeypatch):
+    """Replaces training by recording what `train` would fit: a list of namespaces."""
+    calls = []
+
+    def record(model, training, validation, output, *args, **kwargs):
+        calls.append(types.SimpleNamespace(model=model, training=training, validation=validation))
+
+    monkeypatch.setattr(cli, "fit_and_save", record)
+    return calls
+
+
+def test_train_takes_one_threshold_per_split_level(fitted):
+    base = ["train", "--needles", "8", "--image-size", str(SIZE), "--output", "x"]
+    assert run_main(base)[0] == 0
+    assert run_main([*base, "--min-patch-size", "16", "--thresholds", "0.01", "0.02"])[0] == 0
+    default, coarse = (call.model for call in fitted)
+    for model in (default, coarse):
+        model.build((None, None, None, 3))
+    np.testing.assert_allclose(default.patcher.thresholds, cli.DEFAULT_THRESHOLDS, rtol=1e-5)
+    assert default.patcher.min_size == 8
+    np.testing.assert_allclose(coarse.patcher.thresholds, [0.01, 0.02], rtol=1e-5)
+    assert (coarse.patcher.base_size, coarse.patcher.min_size) == (64, 16)
+
+
+def test_train_augment_changes_the_training_images_only(fitted):
+    base = ["train", "--needles", "8", "--image-size", str(SIZE), "--classes", "2",
+            "--batch-size", "4", "--validation-split", "0.5", "--output", "x"]
+    assert run_main(base)[0] == 0
+    assert run_main([*base, "--augment", "--rotation", "0.1", "--zoom", "0"])[0] == 0
+    plain, augmented = fitted
+    (plain_x, plain_y), (x, y) = next(iter(plain.training)), next(iter(augmented.training))
+    np.testing.assert_array_equal(y, plain_y)  # the same images, in the same order
+    assert np.mean(np.abs(x - plain_x)) > 0.01
+    np.testing.assert_array_equal(next(iter(augmented.validation))[0],
+                                  next(iter(plain.validation))[0])
+
+
+def test_demo_writes_everything_under_its_output(monkeypatch, tmp_path):
+    from dynpatch_tf import export
+
+    exported = []
+    monkeypatch.setattr(demo, "fit_and_save", lambda model, *args, **kwargs: cli.compile_classifier(model))
+    monkeypatch.setattr(export, "export_saved_model",
+                        lambda model, base, name: exported.append((base, name)) or "PATH")
+    monkeypatch.setattr(demo, "sample_photo", lambda name: np.zeros((64, 96, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "out"
+    status, log = run_main(["demo", "--output", str(output), "--images", "12", "--epochs", "1"])
+    assert status == 0, log
+    assert exported == [(str(output / "saved_models"), "dynpatch_demo")]
+    pictures = sorted(os.listdir(output / "pictures"))
+    assert pictures == sorted([*(f"{name}.png" for name in demo.PHOTOS),
+                               "needles_0.png", "needles_1.png"])
+    assert os.listdir(tmp_path) == ["out"], "nothing is written outside --output"
+
+
+def test_visualize_draws_the_complexity_of_the_models_sigma(image_folder, tmp_path):
+    folder, images = image_folder
+    path = str(tmp_path / "sigma_2.keras")
+    model = DynamicPatchModel(num_classes=2, sigma=2.0, token_size=8, embed_dim=16,
+                              width_multiplier=0.25, attention_filters=(4,))
+    model.build((None, None, None, 3))
+    model.save(path)
+    status, _ = run_main(["visualize", "--model", path, str(folder / "needles_0.png"),
+                          "--output", str(tmp_path)])
+    assert status == 0
+    picture = tf.io.decode_png(tf.io.read_file(str(tmp_path / "needles_0.png"))).numpy()
+    height, width = images.shape[1:3]
+    image = read_image(str(folder / "needles_0.png"))  # as the command reads it
+    complexity = keras.models.load_model(path).complexity(image[None])
+    values = np.asarray(complexity).reshape(height, width)
+    expected = apply_colormap(values / np.percentile(values, COMPLEXITY_PERCENTILE))
+    np.testing.assert_array_equal(picture[:, width + GAP:2 * width + GAP], expected)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf import DynamicPatchModel, make_needles
+from dynpatch_tf import ComplexityMap, DynamicPatchModel, make_needles
 from dynpatch_tf.visualize import (
     COLORMAP_POINTS,
+    COMPLEXITY_PERCENTILE,
     LEVEL_COLOURS,
     apply_colormap,
     attention_overlay,
@@ -140,3 +141,18 @@ def test_bad_inputs_are_named(model, needles_image):
         render_patches(needles_image, two_images)
     with pytest.raises(ValueError, match="another image"):
         render_patches(needles_image[:64, :64], model.embed(needles_image[None]))
+
+
+def test_the_complexity_panel_is_the_models_own_map(needles_image):
+    sigma_2 = DynamicPatchModel(num_classes=2, sigma=2.0, token_size=8, embed_dim=16,
+                                width_multiplier=0.25, attention_filters=(4,))
+    height, width, _ = needles_image.shape
+    (_, panel, _), _ = panels(render_patches(needles_image, sigma_2, gap=GAP), width)
+
+    def drawn(complexity):
+        values = np.asarray(complexity).reshape(height, width)
+        return apply_colormap(values / np.percentile(values, COMPLEXITY_PERCENTILE))
+
+    np.testing.assert_array_equal(panel, drawn(sigma_2.complexity(needles_image[None])))
+    assert np.any(panel != drawn(ComplexityMap(sigma=1.0)(needles_image[None]))), \
+        "sigma 1 would draw another panel"

@@ -39,6 +39,7 @@ import tensorflow as tf
 import common
 from dynpatch_tf import make_needles
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
+from dynpatch_tf.training import compile_classifier
 
 COARSE, FINE = 0, len(common.LEVEL_SIZES) - 1
 PLOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
@@ -74,7 +75,8 @@ def options():
 def train(model, data, args):
     """`(validation accuracy, mean patches per image or None, seconds per epoch)`."""
     (x, y), (xv, yv) = data
-    common.compile_for_training(model, args.learning_rate, run_eagerly=args.smoke)
+    # Smoke runs of a few steps skip tracing the train and test steps (eager).
+    compile_classifier(model, args.learning_rate, run_eagerly=args.smoke)
     marks = []  # (start, end) of each epoch
     clock = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: marks.append([time.perf_counter()]),

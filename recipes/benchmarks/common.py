@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
+from dynpatch_tf.data import sample_photo  # noqa: E402
+from dynpatch_tf.inference import image_function  # noqa: E402
 
 # Every model variant gets its own tf.function; TF's retracing warning counts them all.
 tf.get_logger().setLevel("ERROR")
@@ -78,10 +80,7 @@ def verdict(target, met, numbers):
 def photo(name, size=512):
     """A scikit-image photo as uint8 `[size, size, 3]`: the central 512x512 crop
     (only retina, 1411x1411, is larger), resized when `size` is not 512."""
-    import skimage.data
-
-    image = getattr(skimage.data, name)()
-    image = image[..., None].repeat(3, -1) if image.ndim == 2 else image[..., :3]
+    image = sample_photo(name)
     top, left = (image.shape[0] - 512) // 2, (image.shape[1] - 512) // 2
     image = image[top:top + 512, left:left + 512]
     if size != 512:
@@ -182,33 +181,17 @@ def predictor(model):
     else:
         def run(images):
             return model(images, training=False)
-    return tf.function(run, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    return image_function(run, tf.uint8)
 
 
 def level_counts(model, images, batch=8):
     """Patches per image and level of a DynamicPatchModel: int `[N, levels]`."""
-    count = tf.function(
-        lambda x: model.patcher(x, model.complexity(x))["levels"],
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
-    )
+    count = image_function(lambda x: model.patcher(x, model.complexity(x))["levels"], tf.uint8)
     rows = []
     for start in range(0, len(images), batch):
         levels = count(images[start:start + batch]).numpy()
         rows += [np.bincount(row, minlength=len(LEVEL_SIZES)) for row in levels]
     return np.stack(rows)
-
-
-def compile_for_training(model, learning_rate=1e-3, run_eagerly=False):
-    """Adam, cross-entropy on logits, accuracy. `run_eagerly` skips tracing the
-    train and test steps (about 40 s for a DynamicPatchModel, 65 s for
-    MobileNetV2 on 2 busy cores): only for smoke runs of a few steps."""
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        run_eagerly=run_eagerly,
-    )
-    return model
 
 
 # -- timing --------------------------------------------------------------------

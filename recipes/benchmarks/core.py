@@ -18,25 +18,21 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import skimage.data  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dynpatch_tf import ComplexityMap, DynamicPatcher  # noqa: E402
+from dynpatch_tf.data import sample_photo  # noqa: E402
+from dynpatch_tf.inference import image_function  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "brick", "grass", "gravel", "moon", "immunohistochemistry", "retina")
 
 
-def rgb(image):
-    image = image[..., None].repeat(3, -1) if image.ndim == 2 else image
-    return image[:512, :512]
-
-
 def photo_batch():
-    return np.stack([rgb(getattr(skimage.data, name)()) for name in PHOTOS])
+    return np.stack([sample_photo(name)[:512, :512] for name in PHOTOS])
 
 
 def large_images():
-    retina = tf.image.resize(skimage.data.retina()[None], (2048, 2048), antialias=True)
+    retina = tf.image.resize(sample_photo("retina")[None], (2048, 2048), antialias=True)
     noise = np.random.default_rng(0).integers(0, 256, (1, 2048, 2048, 3))
     return {"retina 2048^2 (resized photo)": tf.cast(retina, tf.uint8).numpy(), "white noise 2048^2": noise.astype(np.uint8)}
 
@@ -54,16 +50,15 @@ def median_time(fn, images, repeats):
 def stage_functions(max_patches):
     cmap = ComplexityMap()
     patcher = DynamicPatcher(max_patches=max_patches)
-    spec = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
-    complexity = tf.function(cmap, input_signature=spec)
-    both = tf.function(lambda x: patcher(x, cmap(x))["pixels"].flat_values, input_signature=spec)
-    grid = tf.function(
+    complexity = image_function(cmap, tf.uint8)
+    both = image_function(lambda x: patcher(x, cmap(x))["pixels"].flat_values, tf.uint8)
+    grid = image_function(
         lambda x: tf.image.extract_patches(
             tf.cast(x, tf.float32) / 255.0, [1, 8, 8, 1], [1, 8, 8, 1], [1, 1, 1, 1], "VALID"
         ),
-        input_signature=spec,
+        tf.uint8,
     )
-    levels = tf.function(lambda x: patcher(x, cmap(x))["levels"], input_signature=spec)
+    levels = image_function(lambda x: patcher(x, cmap(x))["levels"], tf.uint8)
     return {"complexity": complexity, "complexity+patcher": both, "fixed 8px grid (baseline)": grid}, levels
 
 

@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 import common
+from dynpatch_tf.inference import image_function
 
 TARGET_SHARE = 0.10
 TIMED_IMAGES = 8
-SPEC = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
 
 
 def options():
@@ -69,7 +69,7 @@ def stages(model):
         "complexity map + patcher": patches,
         "whole embed": embed,
     }
-    functions = {name: tf.function(fn, input_signature=SPEC) for name, fn in functions.items()}
+    functions = {name: image_function(fn, tf.uint8) for name, fn in functions.items()}
     functions["embed + head (forward)"] = common.predictor(model)
     return functions
 

@@ -38,6 +38,7 @@ import numpy as np
 
 import common
 from dynpatch_tf import DynamicPatchModel  # after common, which quiets TensorFlow
+from dynpatch_tf.data import sample_photo
 
 MB = 1 << 20
 DEFAULT_CHUNK = inspect.signature(DynamicPatchModel).parameters["chunk_size"].default
@@ -73,9 +74,7 @@ def options():
 
 def images_for(image, size, batch):
     if image == "retina":
-        import skimage.data
-
-        return np.repeat(common.resize(skimage.data.retina()[None], size), batch, axis=0)
+        return np.repeat(common.resize(sample_photo("retina")[None], size), batch, axis=0)
     return common.noise(batch, size)
 
 

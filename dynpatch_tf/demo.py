@@ -1,0 +1,108 @@
+"""A few-minute tour of the library on generated data (`dynpatch demo`).
+
+`run_demo` generates needles images, trains a small classifier on them, prints
+its validation accuracy and patch counts, saves and exports it, and draws
+pictures of its patches, complexity and attention.
+
+Example:
+
+```python
+from dynpatch_tf.demo import run_demo
+
+run_demo("demo_output", epochs=8)
+# demo_output/model.keras, demo_output/saved_models/dynpatch_demo/1/,
+# demo_output/pictures/*.png
+```
+"""
+
+import os
+import time
+
+import keras
+
+from dynpatch_tf.data import sample_photo
+from dynpatch_tf.model import DynamicPatchModel
+from dynpatch_tf.needles import NEEDLE_KINDS
+from dynpatch_tf.training import describe_counts, fit_and_save, needles_datasets, patch_counts
+from dynpatch_tf.visualize import render_patches, save_png
+
+# Data, model and training, chosen so that training takes a few minutes on 2
+# CPU cores.
+IMAGE_SIZE = 192
+CLASSES = 4
+VALIDATION_SPLIT = 1 / 6
+BATCH_SIZE = 16
+LEARNING_RATE = 3e-3
+MODEL = dict(
+    thresholds=(0.001, 0.002, 0.004),  # needles objects split to 8 px, background stays 64 px
+    token_size=8,
+    embed_dim=32,
+    width_multiplier=0.5,
+)
+PHOTOS = ("astronaut", "rocket", "coffee")  # ship with scikit-image
+NEEDLES_PICTURES = 3
+SAVED_MODELS = "saved_models"  # under the demo's output folder
+MODEL_NAME = "dynpatch_demo"
+
+
+def run_demo(output="demo_output", epochs=8, images=576, seed=0, verbose=1):
+    """Needles data -> training -> accuracy and patch counts -> export -> pictures.
+
+    Writes `output/model.keras` (with the checkpoints and history of
+    `fit_and_save`), the SavedModel `output/saved_models/dynpatch_demo/<version>/`
+    and `output/pictures/<name>.png` (`render_patches` of a few validation
+    images and of photos that ship with scikit-image), and prints what it
+    does.
+
+    Args:
+        output: the folder to write to.
+        epochs: training epochs.
+        images: needles images to generate; a sixth are held out for
+            validation.
+        seed: seed of the needles images and of the initial weights.
+        verbose: `fit`'s verbosity (1 for a progress bar, 2 for a line per
+            epoch).
+
+    Returns:
+        The trained `DynamicPatchModel`.
+
+    Raises:
+        ValueError: for too few images to hold some out.
+
+    Example:
+
+    >>> model = run_demo("demo_output", epochs=1, images=60)
+    """
+    from dynpatch_tf import export  # the slowest module to load
+
+    start = time.time()
+    print(f"Generating {images} needles images of {IMAGE_SIZE} px, "
+          f"{CLASSES} classes ({', '.join(NEEDLE_KINDS[:CLASSES])})...")
+    training, validation, _ = needles_datasets(
+        images, IMAGE_SIZE, CLASSES, seed, BATCH_SIZE, VALIDATION_SPLIT
+    )
+    keras.utils.set_random_seed(seed)
+    model = DynamicPatchModel(num_classes=CLASSES, **MODEL)
+    fit_and_save(model, training, validation, output, epochs, LEARNING_RATE, verbose)
+    results = model.evaluate(validation, return_dict=True, verbose=0)
+    counts = patch_counts(model, validation)
+    finest = (IMAGE_SIZE // model.patcher.min_size) ** 2
+    blocks = (IMAGE_SIZE // model.patcher.base_size) ** 2
+    print(f"Validation accuracy: {results['accuracy']:.3f} (chance {1 / CLASSES:.2f}): "
+          "the share of held-out images whose object kind the model names right.")
+    print(f"Patches per image: {describe_counts(counts)}: the pieces the quadtree cut "
+          f"each image into, from {blocks} (all 64 px) to {finest} (all 8 px); each "
+          "costs one pass of the embedder.")
+    exported = export.export_saved_model(model, os.path.join(output, SAVED_MODELS), MODEL_NAME)
+    print(f"Exported to {exported}")
+    needles = next(iter(validation))[0][:NEEDLES_PICTURES].numpy()
+    pictures = {f"needles_{i}": image for i, image in enumerate(needles)}
+    pictures.update({name: sample_photo(name) for name in PHOTOS})
+    print("Pictures: patches (outlines 64 px red, 32 yellow, 16 cyan, 8 green), "
+          "complexity, attention; the thresholds suit needles, so photos split finely.")
+    folder = os.path.join(output, "pictures")
+    for name, image in pictures.items():
+        save_png(render_patches(image, model), os.path.join(folder, f"{name}.png"))
+    print(f"Wrote {len(pictures)} pictures to {folder}")
+    print(f"Done in {time.time() - start:.0f} s.")
+    return model
