@@ -64,8 +64,12 @@ def serving_outputs(model, images, max_patches=None):
     embedded = model.embed(images)
     boxes = embedded["boxes"]
     rows = tf.cast(boxes.value_rowids(), tf.int32)
+    # Integer counts: exact and deterministic in any order. (boxes.row_lengths()
+    # would need the bincount that built the row splits, which TFLite lacks.)
     counts = tf.math.unsorted_segment_sum(tf.ones_like(rows), rows, tf.shape(images)[0])
-    slots = tf.range(tf.reduce_max(counts) if max_patches is None else max_patches)
+    # max(..., 0): the largest count of an empty batch is the lowest int32.
+    longest = tf.maximum(tf.reduce_max(counts), 0) if max_patches is None else max_patches
+    slots = tf.range(longest)
     mask = slots[None, :] < counts[:, None]
     # Slot m of image b holds its flat patch starts[b] + m; slots past its count are masked.
     starts = tf.cumsum(counts, exclusive=True)
@@ -249,13 +253,11 @@ def export_tflite(model, path, image_size=(512, 512), quantization=None):
 def _variables_module(functions):
     """The root object to save: a `tf.Module` holding the variables `functions` read.
 
-    Not the Keras model: for a Keras model object, `tf.saved_model.save` traces
-    `model.call` (Keras' default signature), which updates the metric trackers
-    and then fails to reach their variables. Not `model.weights` either: the
-    SavedModel of those Keras variable wrappers loads in TensorFlow, but the
-    TFLite converter binds the captured variables wrongly (NaN outputs). The
-    `tf.Variable`s of the concrete functions, as `keras.export.ExportArchive`
-    keeps them (it traces every endpoint twice, this traces once), work for both.
+    Not `model.weights`: the SavedModel of those Keras variable wrappers loads
+    in TensorFlow, but the TFLite converter binds the captured variables
+    wrongly (NaN outputs). The `tf.Variable`s of the concrete functions, as
+    `keras.export.ExportArchive` keeps them (it traces every endpoint twice,
+    this traces once), work for both.
 
     Args:
         functions: concrete functions.

@@ -173,6 +173,12 @@ def test_serving_default_matches_keras(loaded, expected, size):
     assert_matches(loaded.signatures["serving_default"](images=tf.constant(images)), reference)
 
 
+def test_serving_default_answers_an_empty_batch_with_empty_outputs(loaded):
+    outputs = loaded.signatures["serving_default"](images=tf.zeros([0, 128, 128, 3]))
+    assert outputs["pooled_embedding"].shape[0] == 0 and outputs["num_patches"].shape == (0,)
+    assert outputs["patch_embeddings"].shape[:2] == (0, 0) and outputs["patch_mask"].shape == (0, 0)
+
+
 def test_predict_bytes_decodes_and_resizes_in_graph(model, loaded):
     encoded = [
         tf.io.encode_png(photo("astronaut")).numpy(),  # 512 x 512
