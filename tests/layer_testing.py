@@ -154,8 +154,9 @@ def check_training(layer_cls, init_kwargs, args):
 
 def check_dtype_policies(layer_cls, init_kwargs, args, expected_output_dtype=None,
                          policies=POLICIES):
-    """With `dtype=policy`: finite outputs in the expected dtype, float32 weights,
-    and every sublayer (those made in `build` too) under the same policy.
+    """With `dtype=policy`: finite outputs in the expected dtype (training or
+    not), float32 weights, and every sublayer (those made in `build` too)
+    under the same policy.
 
     Args:
         expected_output_dtype: see `run_layer_test`.
@@ -164,11 +165,12 @@ def check_dtype_policies(layer_cls, init_kwargs, args, expected_output_dtype=Non
     """
     for policy in policies:
         layer = layer_cls(**init_kwargs, dtype=policy)
-        outputs = call(layer, args)
         expected = expected_output_dtype or keras.DTypePolicy(policy).compute_dtype
-        for tensor in floating(outputs):
-            assert tensor.dtype == expected, f"{policy}: output {tensor.dtype}, not {expected}"
-        assert_finite(outputs)
+        for training in (False, True):
+            outputs = call(layer, args, training)
+            for tensor in floating(outputs):
+                assert tensor.dtype == expected, f"{policy}: output {tensor.dtype}, not {expected}"
+            assert_finite(outputs)
         for weight in layer.weights:
             assert weight.dtype == "float32", f"{policy}: {weight.path} is {weight.dtype}"
         # Keras has no public list of a layer's sublayers (`Model.layers` is for models).
