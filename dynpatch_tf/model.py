@@ -10,10 +10,9 @@ pure function that exports as it is. A custom training loop adds
 `model.penalty(outputs["patch_fraction"])` to its loss itself.
 
 Mixed precision. The model's dtype policy (`dtype="mixed_bfloat16"` or
-`"mixed_float16"`) reaches the networks of the default parts (attention,
-embedder, position encoding); the complexity map and the patcher's decisions,
-the reductions over patches (weighted mean, softmax, penalty) and the head
-compute in float32.
+`"mixed_float16"`) reaches every default part but the head; the complexity map
+and the patcher's decisions, the reductions over patches (weighted mean,
+softmax, penalty) and the head compute in float32.
 
 XLA. Ragged tensors do not compile with XLA: the patcher, attention and
 embedder say `supports_jit = False`, so Keras' `jit_compile="auto"` leaves XLA

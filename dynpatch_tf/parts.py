@@ -100,11 +100,10 @@ def default_parts(
             `map_chunks`), with the same outputs; None runs them on all
             patches at once. Training always runs the whole flat batch.
         include: the names of the parts to make (of `PART_NAMES`).
-        dtype: the dtype policy of the networks (attention, embedder,
-            position encoding). The complexity map and the patcher keep their
-            float32 policy (thresholds are small numbers on the map's scale,
-            and a mixed policy would read the threshold weight in 16 bits);
-            the head computes in float32 (its logits feed the loss).
+        dtype: the dtype policy of the parts but the head. The complexity map
+            and the patcher compute in float32 under any policy (thresholds are
+            small numbers on the map's scale); the head computes in float32
+            (its logits feed the loss).
 
     Returns:
         A dict from part name to layer, for the names in `include`. `position`
@@ -112,12 +111,12 @@ def default_parts(
         is None.
     """
     makers = {
-        "complexity": lambda: ComplexityMap(sigma=sigma, validate=False, name="complexity"),
+        "complexity": lambda: ComplexityMap(sigma=sigma, validate=False, dtype=dtype, name="complexity"),
         "patcher": lambda: DynamicPatcher(
             base_size=base_size, min_size=min_size, thresholds=thresholds, token_size=token_size,
             rule=rule, max_patches=max_patches, budget=budget, temperature=temperature,
             trainable_thresholds=trainable_thresholds, threshold_rate=threshold_rate,
-            validate=False, name="patcher",
+            validate=False, dtype=dtype, name="patcher",
         ),
         "attention": lambda: PatchAttention(
             filters=attention_filters, activation=attention_activation, chunk_size=chunk_size,

@@ -150,6 +150,9 @@ class DynamicPatcher(keras.layers.Layer):
                 np.log(self.initial_thresholds) / self.threshold_rate
             ),
             trainable=self.trainable_thresholds,
+            # Read in float32 under a mixed policy too: thresholds are small
+            # numbers, and the decisions compare them with float32 means.
+            autocast=False,
         )
 
     @property

@@ -16,3 +16,14 @@ def photo(name):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    """The global dtype policy mixed_bfloat16 for one test, and the previous one after it."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy(previous)

@@ -6,27 +6,15 @@ import pytest
 import tensorflow as tf
 
 from dynpatch_tf.attention import PatchAttention, fit_pools
+from tests.layer_testing import ragged_pixels
 
 P = 8
 ROW_LENGTHS = [2, 0, 1, 3]  # several, none, one, several patches
 
 
-def ragged_pixels(row_lengths=ROW_LENGTHS, size=P, seed=0):
-    rng = np.random.default_rng(seed)
-    values = rng.uniform(size=(sum(row_lengths), size, size, 3)).astype("float32")
-    return tf.RaggedTensor.from_row_lengths(values, row_lengths)
-
-
 def np_softmax(x):
     e = np.exp(x - x.max())
     return e / e.sum()
-
-
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax", None])
@@ -71,7 +59,7 @@ def twin_logits(layer, pixels):
 
 @pytest.mark.parametrize("bias", [0.0, 1e4])  # 1e4: exp overflows unless shifted
 def test_softmax_equals_numpy_softmax_per_image(bias):
-    pixels = ragged_pixels()
+    pixels = ragged_pixels(ROW_LENGTHS)
     layer = PatchAttention(filters=(4, 8), activation="softmax")
     layer.build(pixels.shape)
     layer.score.bias.assign([bias])
@@ -155,19 +143,6 @@ def test_chunked_inference_gives_the_same_weights(activation):
     np.testing.assert_allclose(traced(pixels).values, expected.values, atol=1e-6)
 
 
-def test_config_round_trip():
-    layer = PatchAttention(
-        filters=(4, 8, 8), kernel_size=3, activation="softmax", chunk_size=2, name="att"
-    )
-    pixels = ragged_pixels()
-    expected = layer(pixels)
-    clone = PatchAttention.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    clone.build(pixels.shape)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(clone(pixels).values, expected.values, atol=1e-6)
-
-
 def test_save_load_sequential(tmp_path):
     model = keras.Sequential([keras.Input((P, P, 3)), PatchAttention(filters=(4, 8))])
     pixels = ragged_pixels().values
@@ -178,36 +153,11 @@ def test_save_load_sequential(tmp_path):
     np.testing.assert_allclose(loaded(pixels), model(pixels), atol=1e-6)
 
 
-def test_save_load_functional_ragged(tmp_path):
-    inputs = keras.Input(shape=(None, P, P, 3), ragged=True)
-    model = keras.Model(inputs, PatchAttention(filters=(4, 8), activation="softmax")(inputs))
-    pixels = ragged_pixels()
-    path = str(tmp_path / "attention_ragged.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    out, expected = loaded(pixels), model(pixels)
-    np.testing.assert_array_equal(out.row_splits, pixels.row_splits)
-    np.testing.assert_allclose(out.values, expected.values, atol=1e-6)
-
-
-def test_tf_function_unknown_batch_and_ragged_sizes():
-    layer = PatchAttention(filters=(4, 8), activation="softmax")
-    spec = tf.RaggedTensorSpec([None, None, P, P, 3], tf.float32, ragged_rank=1)
-    fn = tf.function(layer, input_signature=[spec])
-    for lengths in (ROW_LENGTHS, [0], [5, 1]):
-        pixels = ragged_pixels(lengths)
-        np.testing.assert_allclose(fn(pixels).values, layer(pixels).values, atol=1e-6)
-
-
-def test_mixed_bfloat16(mixed_bfloat16):
-    pixels = ragged_pixels()
-    for activation in ("sigmoid", "softmax"):
-        layer = PatchAttention(filters=(4, 8), activation=activation)
-        weights = layer(pixels)
-        assert weights.dtype == tf.bfloat16
-        assert all(v.dtype == "float32" for v in layer.weights)
-        np.testing.assert_array_equal(weights.row_splits, pixels.row_splits)
-        values = weights.values.numpy().astype("float32")
-        assert np.all(values > 0) and np.all(values <= 1)
+def test_softmax_sums_to_one_under_mixed_bfloat16(mixed_bfloat16):
+    pixels = ragged_pixels(ROW_LENGTHS)
+    weights = PatchAttention(filters=(4, 8), activation="softmax")(pixels)
+    assert weights.dtype == tf.bfloat16
+    values = weights.values.numpy().astype("float32")
+    assert np.all(values > 0) and np.all(values <= 1)
     sums = tf.reduce_sum(tf.cast(weights, tf.float32), axis=1).numpy()
     np.testing.assert_allclose(sums[np.array(ROW_LENGTHS) > 0], 1.0, atol=1e-2)

@@ -13,18 +13,12 @@ from dynpatch_tf.embedder import (
     fit_strides,
     make_divisible,
 )
+from tests.layer_testing import ragged_pixels
 
 P = 8
 D = 8
-ROW_LENGTHS = [2, 0, 1, 3]  # several, none, one, several patches
 TINY = dict(embed_dim=D, width_multiplier=0.25, expansion=2,
             blocks=((1, 8, 1, 1), (None, 16, 2, 2), (None, 16, 1, 1)))
-
-
-def ragged_pixels(row_lengths=ROW_LENGTHS, size=P, seed=0):
-    rng = np.random.default_rng(seed)
-    values = rng.uniform(size=(sum(row_lengths), size, size, 3)).astype("float32")
-    return tf.RaggedTensor.from_row_lengths(values, row_lengths)
 
 
 def randomize_batchnorm(layer, seed=0):
@@ -35,13 +29,6 @@ def randomize_batchnorm(layer, seed=0):
             var.assign(rng.normal(scale=0.1, size=var.shape))
         if "moving_variance" in var.path:
             var.assign(rng.uniform(0.5, 1.5, size=var.shape))
-
-
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
 
 
 def test_make_divisible_matches_mobilenet_v2():
@@ -215,26 +202,6 @@ def test_scales_multiply_each_patch_inside_the_chunks():
     np.testing.assert_allclose(tape.gradient(direct, factors), tape.gradient(through, factors), rtol=1e-4, atol=1e-6)
 
 
-def test_config_round_trip():
-    layer = PatchEmbedder(
-        **TINY, stem_filters=16, min_feature_size=1, bn_momentum=0.9, chunk_size=5, name="emb"
-    )
-    pixels = ragged_pixels()
-    layer.build(pixels.shape)
-    randomize_batchnorm(layer)
-    config = layer.get_config()
-    clone = PatchEmbedder.from_config(config)
-    assert clone.get_config() == config
-    assert config["blocks"] == [[1, 8, 1, 1], [None, 16, 2, 2], [None, 16, 1, 1]]
-    clone.build(pixels.shape)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(
-        clone(pixels, training=False).values, layer(pixels, training=False).values, atol=1e-6
-    )
-    block = InvertedResidual(8, 16, expansion=3, strides=2, bn_epsilon=1e-2)
-    assert InvertedResidual.from_config(block.get_config()).get_config() == block.get_config()
-
-
 def test_config_saved_with_the_old_min_size_key_loads():
     config = PatchEmbedder(**TINY, min_feature_size=1).get_config()
     config["min_size"] = config.pop("min_feature_size")
@@ -286,37 +253,3 @@ def test_save_load_subclassed_model_ragged(tmp_path):
     out, expected = loaded(pixels), model(pixels)
     np.testing.assert_array_equal(out.row_splits, pixels.row_splits)
     np.testing.assert_allclose(out.values, expected.values, atol=1e-6)
-
-
-def test_save_load_functional_ragged(tmp_path):
-    inputs = keras.Input(shape=(None, P, P, 3), ragged=True)
-    model = keras.Model(inputs, PatchEmbedder(**TINY)(inputs))
-    randomize_batchnorm(model)
-    pixels = ragged_pixels()
-    path = str(tmp_path / "embedder_ragged.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded(pixels).values, model(pixels).values, atol=1e-6)
-
-
-def test_tf_function_unknown_batch_and_ragged_sizes():
-    layer = PatchEmbedder(**TINY)
-    spec = tf.RaggedTensorSpec([None, None, P, P, 3], tf.float32, ragged_rank=1)
-    fn = tf.function(lambda x: layer(x, training=False), input_signature=[spec])
-    for lengths in (ROW_LENGTHS, [0], [5, 1]):
-        pixels = ragged_pixels(lengths)
-        out = fn(pixels)
-        np.testing.assert_array_equal(out.row_splits, pixels.row_splits)
-        np.testing.assert_allclose(out.values, layer(pixels, training=False).values, atol=1e-6)
-
-
-def test_mixed_bfloat16(mixed_bfloat16):
-    pixels = ragged_pixels()
-    layer = PatchEmbedder(**TINY)
-    out = layer(pixels, training=True)
-    assert out.dtype == tf.bfloat16
-    assert out.shape.as_list() == [4, None, D]
-    assert all(v.dtype == "float32" for v in layer.weights)
-    assert all(b.dtype_policy.name == "mixed_bfloat16" for b in layer.blocks)
-    np.testing.assert_array_equal(out.row_splits, pixels.row_splits)
-    assert np.all(np.isfinite(out.values.numpy().astype("float32")))

@@ -345,7 +345,9 @@ def test_model_dtype_policy_reaches_the_networks(policy):
     compute = policy.split("_")[1]
     assert model.attention.compute_dtype == model.embedder.compute_dtype == compute
     assert model.position.compute_dtype == compute
-    assert model.patcher.compute_dtype == model.complexity.compute_dtype == "float32"
+    assert model.patcher.dtype_policy.name == model.complexity.dtype_policy.name == policy
+    assert model.head.compute_dtype == "float32"
+    assert model.complexity(x).dtype == model.patches(x)["pixels"].dtype == tf.float32
     outputs = model.embed(x)
     assert outputs["patch_embeddings"].dtype == compute
     assert outputs["pooled_embedding"].dtype == model(x).dtype == tf.float32
