@@ -45,10 +45,10 @@ def laplacian_of_gaussian(gray, sigma, truncate=TRUNCATE):
     grouped: each run of `g` neighbouring pixels (16 for sigma up to 4.1; see
     `group_size`) becomes the `g` channels of one position, a free reshape. The
     x filters are then ordinary `g`-to-`g` channel convolutions over the
-    neighbouring groups, and the y filters depthwise convolutions. This is
-    about 2.5x faster on the CPU than weighted sums of shifted slices (batch 8
-    of 512^2), and converts to builtin TFLite ops. Padding a border of `r`
-    needs `H, W >= r`.
+    neighbouring groups, and the y filters depthwise convolutions. It is
+    faster on the CPU than weighted sums of shifted slices (`docs/benchmarks.md`,
+    "Core"), and converts to builtin TFLite ops. Padding a border of `r` needs
+    `H, W >= r`.
 
     Args:
         gray: `[B, H, W, 1]` float32.

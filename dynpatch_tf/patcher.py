@@ -58,8 +58,7 @@ class DynamicPatcher(keras.layers.Layer):
     per step whatever the gradient's size, and thresholds live on a scale of 0.01,
     so the weight is `log(threshold) / threshold_rate`: thresholds stay positive
     and one step moves them by about `threshold_rate * learning_rate` of their
-    value (1% at the default rate and a learning rate of 1e-3). Split decisions are
-    hard; the soft probability `sigmoid((mean - threshold) / temperature)` of
+    value (`docs/notes.md`, "Threshold steps"). Split decisions are hard; the soft probability `sigmoid((mean - threshold) / temperature)` of
     every node carries the gradient by a straight-through estimator
     (`quadtree.straight_through_gates`): each patch's `gates` value is exactly 1,
     and multiplying the patch's weight by it lets the task loss reach the
