@@ -80,14 +80,14 @@ class InvertedResidual(keras.layers.Layer):
 
     1x1 expansion conv + BN + ReLU6 (skipped when `expansion` is 1), 3x3
     depthwise conv (with `strides`) + BN + ReLU6, 1x1 linear projection conv
-    + BN, and the input added to the result when `strides` is 1 and
-    `in_channels == filters`. Convs have no bias (BatchNorm follows).
+    + BN, and the input added to the result when `strides` is 1 and the input
+    has `filters` channels. Convs have no bias (BatchNorm follows). The input
+    channels come from the build shape, as in Keras' own layers, so the
+    expansion conv (whose width follows them) is made in `build`.
 
     Args:
-        in_channels: channels of the input (checked when the layer is built).
-            Given up front so that every sublayer exists after `__init__`.
         filters: channels of the output.
-        expansion: the hidden width is `in_channels * expansion`.
+        expansion: the hidden width is the input channels times `expansion`.
         strides: stride of the depthwise conv (1 or 2).
         bn_momentum: BatchNormalization momentum. MobileNetV2 uses 0.999, but
             the moving statistics then lag far behind in short runs and
@@ -96,24 +96,23 @@ class InvertedResidual(keras.layers.Layer):
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Input shape:
-        [n, H, W, in_channels].
+        [n, H, W, C].
 
     Output shape:
         [n, ceil(H / strides), ceil(W / strides), filters].
 
     Example:
 
-    >>> block = InvertedResidual(in_channels=16, filters=16, expansion=6)
+    >>> block = InvertedResidual(filters=16, expansion=6)
     >>> block(tf.zeros([2, 8, 8, 16])).shape
     TensorShape([2, 8, 8, 16])
     >>> block.use_residual
     True
     """
 
-    def __init__(self, in_channels, filters, expansion=6, strides=1,
-                 bn_momentum=0.9, bn_epsilon=1e-3, **kwargs):
+    def __init__(self, filters, expansion=6, strides=1, bn_momentum=0.9, bn_epsilon=1e-3,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.in_channels = int(in_channels)
         self.filters = int(filters)
         self.expansion = int(expansion)
         self.strides = int(strides)
@@ -123,13 +122,8 @@ class InvertedResidual(keras.layers.Layer):
             raise ValueError(
                 f"expansion and strides must be >= 1; got {expansion}, {strides}."
             )
-        self.use_residual = self.strides == 1 and self.in_channels == self.filters
-        hidden = self.in_channels * self.expansion
-        if self.expansion == 1:
-            self.expand_conv, self.expand_bn = None, None
-        else:
-            self.expand_conv = self._conv(hidden, "expand_conv")
-            self.expand_bn = self._bn("expand_bn")
+        self.use_residual = None  # known once the input channels are (build)
+        self.expand_conv, self.expand_bn = None, None
         self.depthwise = keras.layers.DepthwiseConv2D(
             3, strides=self.strides, padding="same", use_bias=False,
             dtype=self.dtype_policy, name="depthwise",
@@ -155,11 +149,13 @@ class InvertedResidual(keras.layers.Layer):
         return [layer for layer in layers if layer is not None]
 
     def build(self, input_shape):
-        if input_shape[-1] != self.in_channels:
-            raise ValueError(
-                f"{self.name} expects {self.in_channels} input channels; got "
-                f"input shape {tuple(input_shape)}."
-            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"{self.name} needs a known channel count; got {tuple(input_shape)}.")
+        self.use_residual = self.strides == 1 and channels == self.filters
+        if self.expansion > 1:
+            self.expand_conv = self._conv(channels * self.expansion, "expand_conv")
+            self.expand_bn = self._bn("expand_bn")
         build_sequence(self._sublayers(), input_shape)
 
     def call(self, inputs, training=None):
@@ -171,15 +167,13 @@ class InvertedResidual(keras.layers.Layer):
         return inputs + x if self.use_residual else x
 
     def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        for layer in self._sublayers():
-            shape = tuple(layer.compute_output_shape(shape))
-        return shape
+        batch, height, width = tuple(input_shape)[:3]
+        shrink = lambda size: None if size is None else -(-size // self.strides)  # noqa: E731
+        return (batch, shrink(height), shrink(width), self.filters)
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            in_channels=self.in_channels,
             filters=self.filters,
             expansion=self.expansion,
             strides=self.strides,
@@ -305,23 +299,21 @@ class PatchEmbedder(keras.layers.Layer):
             )
         plan = self._block_plan()
         strides = fit_strides(min(shape[1:3]), [2] + [s for _, _, s in plan], self.min_feature_size)
-        channels = self._channels(self.stem_filters)
         self.stem = keras.layers.Conv2D(
-            channels, 3, strides=strides[0], padding="same", use_bias=False,
+            self._channels(self.stem_filters), 3, strides=strides[0], padding="same", use_bias=False,
             dtype=self.dtype_policy, name="stem_conv",
         )
         self.stem_bn = keras.layers.BatchNormalization(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
             dtype=self.dtype_policy, name="stem_bn",
         )
-        self.blocks = []
-        for i, ((t, c, _), stride) in enumerate(zip(plan, strides[1:])):
-            self.blocks.append(InvertedResidual(
-                channels, c, expansion=t, strides=stride,
-                bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                dtype=self.dtype_policy, name=f"block_{i}",
-            ))
-            channels = c
+        self.blocks = [
+            InvertedResidual(
+                c, expansion=t, strides=stride, bn_momentum=self.bn_momentum,
+                bn_epsilon=self.bn_epsilon, dtype=self.dtype_policy, name=f"block_{i}",
+            )
+            for i, ((t, c, _), stride) in enumerate(zip(plan, strides[1:]))
+        ]
         build_sequence(
             [self.stem, self.stem_bn, *self.blocks, self.global_pool, self.embedding],
             shape,

@@ -71,25 +71,30 @@ def test_default_embedder_strides_fit_patch_size(size, final):
 
 
 def test_inverted_residual_structure():
-    block = InvertedResidual(in_channels=8, filters=8, expansion=6)
+    block = InvertedResidual(filters=8, expansion=6)
     block.build((None, 4, 4, 8))
     assert block.use_residual
     assert tuple(block.expand_conv.kernel.shape) == (1, 1, 8, 48)
     assert len(block.weights) == 1 + 4 + 1 + 4 + 1 + 4
-    narrow = InvertedResidual(in_channels=8, filters=8, expansion=1)
+    narrow = InvertedResidual(filters=8, expansion=1)
     narrow.build((None, 4, 4, 8))
     assert narrow.expand_conv is None and len(narrow.weights) == 1 + 4 + 1 + 4
-    assert not InvertedResidual(8, 16).use_residual
-    down = InvertedResidual(8, 8, strides=2)
-    assert not down.use_residual
+    wider = InvertedResidual(16)
+    assert wider(tf.zeros([1, 4, 4, 8])).shape.as_list() == [1, 4, 4, 16]
+    assert not wider.use_residual
+    down = InvertedResidual(8, strides=2)
     assert down(tf.zeros([1, 8, 8, 8])).shape.as_list() == [1, 4, 4, 8]
-    with pytest.raises(ValueError, match="input channels"):
-        InvertedResidual(8, 8)(tf.zeros([1, 4, 4, 3]))
+    assert not down.use_residual
+    # The input channels come from the build shape: 3 in, 3 * 6 hidden.
+    rgb = InvertedResidual(8)
+    assert rgb(tf.zeros([1, 4, 4, 3])).shape.as_list() == [1, 4, 4, 8]
+    assert tuple(rgb.expand_conv.kernel.shape) == (1, 1, 3, 18)
+    assert rgb.compute_output_shape((None, 5, None, 3)) == (None, 5, None, 8)
 
 
 def test_residual_block_adds_its_input():
     x = tf.random.stateless_normal([3, 4, 4, 8], seed=[1, 2])
-    block = InvertedResidual(in_channels=8, filters=8, expansion=2)
+    block = InvertedResidual(filters=8, expansion=2)
     block.build(x.shape)
     randomize_batchnorm(block)
     relu6 = keras.ops.relu6
@@ -103,7 +108,7 @@ def test_residual_block_adds_its_input():
     block.project_bn.moving_mean.assign(tf.zeros_like(block.project_bn.moving_mean))
     np.testing.assert_allclose(block(x, training=False), x, atol=1e-6)
     # Without residual the same zero projection gives zeros.
-    down = InvertedResidual(in_channels=8, filters=8, expansion=2, strides=2)
+    down = InvertedResidual(filters=8, expansion=2, strides=2)
     down.build(x.shape)
     down.project_conv.kernel.assign(tf.zeros_like(down.project_conv.kernel))
     np.testing.assert_allclose(down(x, training=False), 0.0, atol=1e-6)

@@ -95,9 +95,9 @@ CASES = [
     case("PatchEmbedder-scales", PatchEmbedder, dict(TINY_EMBEDDER, chunk_size=2),
          SCALED_PATCHES),
     case("InvertedResidual-residual", InvertedResidual,
-         dict(in_channels=8, filters=8, expansion=2), FEATURES),
+         dict(filters=8, expansion=2), FEATURES),
     case("InvertedResidual-strided", InvertedResidual,
-         dict(in_channels=8, filters=16, expansion=2, strides=2), FEATURES),
+         dict(filters=16, expansion=2, strides=2), FEATURES),
     case("PatchPositionEncoding", PatchPositionEncoding, dict(dim=8), BOXES),
     case("RandomCornerWarp", RandomCornerWarp, dict(factor=0.1, seed=3), IMAGES),
 ]
