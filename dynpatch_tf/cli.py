@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from dynpatch_tf import demo
-from dynpatch_tf.data import IMAGE_EXTENSIONS, clean_op_message, list_image_files, read_image
+from dynpatch_tf.image_files import IMAGE_EXTENSIONS, clean_op_message, list_image_files, read_image
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.inference import embed_function
 from dynpatch_tf.model import DynamicPatchModel
