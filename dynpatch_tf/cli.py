@@ -25,18 +25,17 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from dynpatch_tf import demo
-from dynpatch_tf.image_files import IMAGE_EXTENSIONS, clean_op_message, list_image_files, read_image
+from dynpatch_tf.image_files import IMAGE_EXTENSIONS, list_image_files
 from dynpatch_tf.augment import make_augmentation
-from dynpatch_tf.inference import embed_function
+from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.needles import NEEDLE_KINDS
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 from dynpatch_tf.training import compile_classifier, describe_counts, fit_and_save, patch_counts
 from dynpatch_tf.training import folder_datasets, needles_datasets
-from dynpatch_tf.visualize import render_patches, save_png
+from dynpatch_tf.visualize import draw_files
 
 # Side of generated needles images unless --image-size says otherwise.
 NEEDLES_IMAGE_SIZE = 192
@@ -332,25 +331,17 @@ def _evaluate(args):
 def _embed(args):
     with _reported():
         paths = list_image_files(args.images)
-    model = _load_model(args.model)
-    embed = embed_function(model)
-    rows, embeddings = [], []
-
-    def embed_one(path, image):
-        outputs = embed(image[None])
-        rows.append((path, int(outputs["boxes"].row_lengths()[0])))
-        embeddings.append(outputs["pooled_embedding"][0].numpy())
-
-    _for_each_image(paths, embed_one, model.patcher.base_size, _verbosity(args))
-    if not rows:
+    embedded = embed_files(_load_model(args.model), paths, _verbosity(args))
+    _report_skipped(embedded.skipped)
+    if not embedded.paths:
         raise CommandError("no image could be embedded.")
     os.makedirs(args.output, exist_ok=True)
-    np.save(os.path.join(args.output, "embeddings.npy"), np.stack(embeddings))
+    np.save(os.path.join(args.output, "embeddings.npy"), embedded.embeddings)
     with open(os.path.join(args.output, "embeddings.csv"), "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["path", "num_patches"])
-        writer.writerows(rows)
-    print(f"Wrote {len(rows)} embeddings to {args.output}")
+        writer.writerows(zip(embedded.paths, embedded.num_patches.tolist()))
+    print(f"Wrote {len(embedded.paths)} embeddings to {args.output}")
 
 
 def _visualize(args):
@@ -362,14 +353,8 @@ def _visualize(args):
         print("No --model: drawing with an untrained DynamicPatchModel (default "
               "thresholds); its attention weights are random.")
         model = DynamicPatchModel()
-    written = []
-
-    def draw(path, image):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        written.append(os.path.join(args.output, f"{stem}.png"))
-        save_png(render_patches(image, model), written[-1])
-
-    _for_each_image(paths, draw, model.patcher.base_size, _verbosity(args))
+    written, skipped = draw_files(model, paths, args.output, _verbosity(args))
+    _report_skipped(skipped)
     print(f"Wrote {len(written)} pictures to {args.output}")
 
 
@@ -396,27 +381,10 @@ def _demo(args):
         demo.run_demo(args.output, args.epochs, args.images, args.seed)
 
 
-def _for_each_image(paths, process, min_size, verbose):
-    """Calls `process(path, image)` for each image file, with a progress bar.
-
-    Images are float32 `[H, W, 3]` in [0, 1]. A file that cannot be read,
-    an image smaller than `min_size` on a side, or one that `process` fails
-    on, is reported on stderr with the reason and skipped. `verbose` is the
-    `keras.utils.Progbar`'s: 1 for a bar, 2 for one line at the end.
-    """
-    progress = keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image")
-    for path in paths:
-        try:
-            image = read_image(path)
-            height, width = image.shape[:2]
-            if min(height, width) < min_size:
-                raise ValueError(f"too small: {height}x{width} px (height x width), the "
-                                 f"model needs at least {min_size} px per side")
-            process(path, image)
-        except (ValueError, tf.errors.OpError) as error:
-            reason = clean_op_message(error.message) if isinstance(error, tf.errors.OpError) else error
-            print(f"\nSkipped {path}: {reason}", file=sys.stderr)
-        progress.add(1)
+def _report_skipped(skipped):
+    """Prints each `SkippedFile` on stderr: the file and why it was left out."""
+    for path, reason in skipped:
+        print(f"Skipped {path}: {reason}", file=sys.stderr)
 
 
 def _load_datasets(args, training=False):

@@ -1,17 +1,21 @@
 """Image files: finding, reading and checking them one by one.
 
 The single-file side of the library, shared by the folder pipeline
-(`dynpatch_tf.data`) and the command line: which files count as images
-(`IMAGE_EXTENSIONS`, `list_image_files`), how a file is decoded
-(`read_image`), how a file that cannot be used is reported (`SkippedFile`,
-`clean_op_message`, `too_small_reason`), and the offline sample photos of
-scikit-image (`sample_photo`).
+(`dynpatch_tf.data`), the per-file loops (`dynpatch_tf.inference.embed_files`,
+`dynpatch_tf.visualize.draw_files`) and the command line: which files count
+as images (`IMAGE_EXTENSIONS`, `list_image_files`), how a file is decoded
+(`read_image`), the loop that uses each file and reports those it cannot
+(`map_image_files`, `SkippedFile`, `clean_op_message`, `too_small_reason`),
+and the offline sample photos of scikit-image (`sample_photo`).
 
 Example:
 
 ```python
 paths = list_image_files(["photos/", "extra.jpg"])
 image = read_image(paths[0])      # float32 [H, W, 3] in [0, 1]
+results, skipped = map_image_files(lambda path, image: image.shape[:2], paths, min_side=64)
+results   # [("photos/a.png", TensorShape([480, 640])), ...]
+skipped   # [SkippedFile(path="photos/b.jpg", reason="too small: 40x100 px ...")]
 ```
 """
 
@@ -19,6 +23,7 @@ import os
 import re
 from typing import NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -162,3 +167,46 @@ def too_small_reason(size, min_side):
     height, width = size
     return f"too small: {height}x{width} px (height x width), minimum {min_side} px per side"
 
+
+
+def map_image_files(function, paths, min_side=1, verbose=0):
+    """Calls `function(path, image)` for each image file; skips the files it cannot use.
+
+    Each file is read with `read_image`: float32 `[H, W, 3]` in [0, 1]. A
+    file that cannot be read or decoded, an image smaller than `min_side` on
+    a side, and one that `function` raises a `ValueError` or
+    `tf.errors.OpError` on are not fatal: they are listed, with the reason,
+    in `skipped`, and the loop goes on. Other exceptions propagate.
+
+    Args:
+        function: called with each file's path and image; what it returns is
+            kept.
+        paths: image files, or folders searched recursively
+            (`list_image_files`).
+        min_side: the smallest height and width an image may have.
+        verbose: `keras.utils.Progbar`'s: 0 silent, 1 a progress bar, 2 one
+            line at the end.
+
+    Returns:
+        `(results, skipped)`: `(path, function(path, image))` for each file
+        used, in the order of `paths`, and a `SkippedFile` for each file left
+        out.
+
+    Raises:
+        ValueError: from `list_image_files`, when a path does not exist or
+            no file is found.
+    """
+    paths = list_image_files(paths)
+    progress = keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image")
+    results, skipped = [], []
+    for path in paths:
+        try:
+            image = read_image(path)
+            if min(image.shape[:2]) < min_side:
+                raise ValueError(too_small_reason(image.shape[:2], min_side))
+            results.append((path, function(path, image)))
+        except (ValueError, tf.errors.OpError) as error:
+            reason = clean_op_message(error.message) if isinstance(error, tf.errors.OpError) else str(error)
+            skipped.append(SkippedFile(path, reason))
+        progress.add(1)
+    return results, skipped
