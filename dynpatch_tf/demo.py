@@ -20,7 +20,7 @@ import time
 
 import keras
 
-from dynpatch_tf.data import sample_photo
+from dynpatch_tf.image_files import sample_photo
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.needles import NEEDLE_KINDS
 from dynpatch_tf.training import describe_counts, fit_and_save, needles_datasets, patch_counts

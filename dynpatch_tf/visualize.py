@@ -12,6 +12,7 @@
    colormap, blended with the image.
 
 Drawing is plain NumPy; `save_png` writes the result with `tf.io.encode_png`.
+`draw_files` does both for image files, one picture per file.
 
 Example:
 
@@ -19,6 +20,7 @@ Example:
 model = DynamicPatchModel(num_classes=4)
 picture = render_patches(image, model)     # uint8 [H, 3 * W + 2 * gap, 3]
 save_png(picture, "patches.png")
+written, skipped = draw_files(model, ["photos/"], "pictures/")
 ```
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from dynpatch_tf.complexity import ComplexityMap
+from dynpatch_tf.image_files import map_image_files
 
 # Outline colour of the patches of each level, RGB: level 0 (64 px) red,
 # 1 (32 px) yellow, 2 (16 px) cyan, 3 (8 px) green. Deeper levels (a
@@ -88,6 +91,39 @@ def render_patches(image, outputs_or_model, complexity=None, gap=8, alpha=0.5):
         attention_overlay(rgb, boxes, weights, alpha),
     ]
     return side_by_side(panels, gap)
+
+
+def draw_files(model, paths, output, verbose=0):
+    """Draws `render_patches` of each image file to `output/<name>.png`.
+
+    Files that cannot be read, images smaller than the model's base patch
+    on a side, and images the model fails on are skipped and listed with
+    the reason (see `dynpatch_tf.image_files.map_image_files`). A file's
+    picture takes its name without the extension: two files of the same
+    name in different folders write the same picture.
+
+    Args:
+        model: a `DynamicPatchModel`.
+        paths: image files, or folders searched recursively.
+        output: the folder of the pictures, created when missing.
+        verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+
+    Returns:
+        `(written, skipped)`: the paths of the pictures written, and a
+        `SkippedFile` for each file left out.
+
+    Raises:
+        ValueError: when a path does not exist or no image file is found.
+    """
+
+    def draw(path, image):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        picture = os.path.join(output, f"{stem}.png")
+        save_png(render_patches(image, model), picture)
+        return picture
+
+    results, skipped = map_image_files(draw, paths, model.patcher.base_size, verbose)
+    return [picture for _, picture in results], skipped
 
 
 def draw_boxes(image, boxes, levels):

@@ -5,7 +5,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from dynpatch_tf.data import sample_photo  # noqa: E402
+from dynpatch_tf.image_files import sample_photo  # noqa: E402
 
 
 def photo(name):

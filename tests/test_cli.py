@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from dynpatch_tf import DynamicPatchModel, cli, demo, make_needles
 from dynpatch_tf.cli import main
-from dynpatch_tf.data import read_image
+from dynpatch_tf.image_files import read_image
 from dynpatch_tf.visualize import COMPLEXITY_PERCENTILE, apply_colormap
 
 SIZE = 128

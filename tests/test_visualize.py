@@ -10,6 +10,7 @@ from dynpatch_tf.visualize import (
     apply_colormap,
     attention_overlay,
     draw_boxes,
+    draw_files,
     render_patches,
     save_png,
 )
@@ -131,6 +132,22 @@ def test_save_png_round_trips(tmp_path, needles_image):
     np.testing.assert_array_equal(tf.io.decode_png(tf.io.read_file(path)).numpy(), needles_image)
     with pytest.raises(ValueError, match="uint8"):
         save_png(needles_image.astype(np.float32), path)
+
+
+def test_draw_files_writes_a_picture_per_usable_file(model, needles_image, tmp_path):
+    folder, output = tmp_path / "images", str(tmp_path / "pictures")
+    tf.io.gfile.makedirs(str(folder))
+    tf.io.write_file(str(folder / "needles.png"), tf.io.encode_png(needles_image))
+    tf.io.write_file(str(folder / "small.png"), tf.io.encode_png(needles_image[:32, :48]))
+    (folder / "corrupt.png").write_bytes(b"not an image")
+
+    written, skipped = draw_files(model, [str(folder)], output)
+
+    assert written == [str(tmp_path / "pictures" / "needles.png")]
+    assert sorted(path for path, _ in skipped) == [str(folder / "corrupt.png"),
+                                                   str(folder / "small.png")]
+    picture = tf.io.decode_png(tf.io.read_file(written[0])).numpy()
+    np.testing.assert_array_equal(picture, render_patches(needles_image / 255, model))
 
 
 def test_bad_inputs_are_named(model, needles_image):

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
-from dynpatch_tf.data import sample_photo  # noqa: E402
+from dynpatch_tf.image_files import sample_photo  # noqa: E402
 from dynpatch_tf.inference import image_function  # noqa: E402
 
 # Every model variant gets its own tf.function; TF's retracing warning counts them all.

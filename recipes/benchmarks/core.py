@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dynpatch_tf import ComplexityMap, DynamicPatcher  # noqa: E402
-from dynpatch_tf.data import sample_photo  # noqa: E402
+from dynpatch_tf.image_files import sample_photo  # noqa: E402
 from dynpatch_tf.inference import image_function  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "brick", "grass", "gravel", "moon", "immunohistochemistry", "retina")

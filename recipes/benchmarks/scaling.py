@@ -38,7 +38,7 @@ import numpy as np
 
 import common
 from dynpatch_tf import DynamicPatchModel  # after common, which quiets TensorFlow
-from dynpatch_tf.data import sample_photo
+from dynpatch_tf.image_files import sample_photo
 
 MB = 1 << 20
 DEFAULT_CHUNK = inspect.signature(DynamicPatchModel).parameters["chunk_size"].default
