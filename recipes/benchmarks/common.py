@@ -173,15 +173,9 @@ def mobilenet(size, num_classes=4, seed=0):
 
 def predictor(model):
     """Inference function `uint8 [B, H, W, 3] -> logits`, one tf.function trace
-    for all batch sizes and image sizes. For a DynamicPatchModel: `embed` and the
-    head in inference mode (what `call` does, without updating the metrics)."""
-    if isinstance(model, DynamicPatchModel):
-        def run(images):
-            return model.head(model.embed(images)["pooled_embedding"])
-    else:
-        def run(images):
-            return model(images, training=False)
-    return image_function(run, tf.uint8)
+    for all batch sizes and image sizes: `model(images, training=False)` (a
+    DynamicPatchModel's `call` updates no metric, like any Keras model's)."""
+    return image_function(lambda images: model(images, training=False), tf.uint8)
 
 
 def level_counts(model, images, batch=8):
