@@ -33,8 +33,11 @@ STARTUP_NOISE = re.compile(
 def main(argv=None):
     """Runs `dynpatch_tf.cli.main(argv)`, quietly unless `--verbose` is in `argv`.
 
-    Without `--verbose`: `TF_CPP_MIN_LOG_LEVEL` is set to 2 (errors only)
-    unless the environment sets it already, and the lines of `STARTUP_NOISE`
+    Without `--verbose`: `TF_CPP_MIN_LOG_LEVEL` is set to 3 unless the
+    environment sets it already. That silences TensorFlow's C++ log, whose
+    error level also carries notes such as "oneDNN supports DT_INT32 only on
+    ..." at the first training step; a failing op still reaches Python as an
+    exception with its message. The lines of `STARTUP_NOISE`
     printed while TensorFlow is imported and finds its devices are dropped
     (all of them kept when `TF_CPP_MIN_LOG_LEVEL` is 0); anything else
     printed meanwhile is shown.
@@ -44,7 +47,7 @@ def main(argv=None):
     if "--verbose" in options:
         from dynpatch_tf import cli
     else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with filtered_stderr(keep_all=os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"):
             import tensorflow as tf
 

@@ -1,6 +1,7 @@
 """dynpatch_command: the `dynpatch` entry point keeps TensorFlow's start-up lines quiet."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -73,3 +74,15 @@ def test_a_log_level_the_user_set_is_kept(small_png, tmp_path):
     kept = run(command, TF_CPP_MIN_LOG_LEVEL="0")
     shown = {line.split("]")[-1] for line in noise(kept.stderr)}
     assert {line.split("]")[-1] for line in noise(plain.stderr)} <= shown
+
+
+def test_training_prints_no_tensorflow_log_lines(tmp_path):
+    """TensorFlow's C++ log also notes things at the first training step (oneDNN's
+    "supports DT_INT32 only on ..."); the quiet command shows none of its lines."""
+    command = [sys.executable, "-m", "dynpatch_command", "train", "--needles", "8",
+               "--image-size", "64", "--epochs", "1", "--batch-size", "4",
+               "--validation-split", "0", "--output", str(tmp_path / "run")]
+    result = run(command)
+    logged = [line for line in result.stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
+    assert logged == [], result.stderr
+    assert os.path.exists(tmp_path / "run" / "model.keras")
