@@ -25,6 +25,7 @@ import tensorflow as tf
 from dynpatch_tf import image_ops
 from dynpatch_tf.parts import PART_NAMES, check_options, default_parts
 from dynpatch_tf.patch_ops import weighted_mean
+from dynpatch_tf.penalty import check_budget, subdivision_penalty
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
@@ -61,7 +62,9 @@ class DynamicPatchModel(keras.Model):
         head: a layer mapping the pooled embedding `[B, D]` to logits, or
             None for the default (`Dense(num_classes)`, or no head when
             `num_classes` is None).
-        penalty_weight: weight of the subdivision penalty (0 turns it off).
+        penalty_weight: weight of the subdivision penalty (0: off).
+        patch_budget: None for the linear penalty, or a patch fraction in
+            (0, 1] for the budget form (see `subdivision_penalty`).
         validate: check image values (NaN, Inf) and sizes when the graph runs.
         **kwargs: options of the default parts (see `default_parts`) and base
             `keras.Model` arguments (`name`, `dtype`, ...).
@@ -84,7 +87,8 @@ class DynamicPatchModel(keras.Model):
     """
 
     def __init__(self, complexity=None, patcher=None, attention=None, embedder=None,
-                 position=None, head=None, penalty_weight=0.0, validate=True, **kwargs):
+                 position=None, head=None, penalty_weight=0.0, patch_budget=None, validate=True,
+                 **kwargs):
         options = {name: kwargs.pop(name) for name in list(kwargs) if name not in _MODEL_ARGUMENTS}
         if isinstance(attention, str):
             options["attention_activation"], attention = attention, None
@@ -96,6 +100,7 @@ class DynamicPatchModel(keras.Model):
         for name, part in parts.items():  # position=False: no position encoding
             setattr(self, name, None if part is False else part)
         self.penalty_weight = float(penalty_weight)
+        self.patch_budget = check_budget(patch_budget)
         self.validate = validate
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
         self.patches_tracker = keras.metrics.Mean(name="patches")
@@ -214,15 +219,9 @@ class DynamicPatchModel(keras.Model):
         }
 
     def penalty(self, patch_fraction):
-        """The subdivision penalty: `penalty_weight` x the batch's mean `patch_fraction`.
-
-        Args:
-            patch_fraction: `[B]`, as `embed` returns it.
-
-        Returns:
-            A float32 scalar.
-        """
-        return self.penalty_weight * tf.reduce_mean(tf.cast(patch_fraction, tf.float32))
+        """`subdivision_penalty` of `patch_fraction` `[B]` (as `embed` returns it)
+        with this model's `penalty_weight` and `patch_budget`: a float32 scalar."""
+        return subdivision_penalty(patch_fraction, self.penalty_weight, self.patch_budget)
 
     def call(self, images, training=False):
         return self._forward(images, training)[0]
@@ -270,7 +269,8 @@ class DynamicPatchModel(keras.Model):
         config.update({name: _serialize(getattr(self, name)) for name in PART_NAMES})
         if self.position is None:
             config["position"] = False
-        config.update(penalty_weight=self.penalty_weight, validate=self.validate)
+        config.update(penalty_weight=self.penalty_weight, patch_budget=self.patch_budget,
+                      validate=self.validate)
         return config
 
     @classmethod

@@ -58,13 +58,19 @@ class DynamicPatcher(keras.layers.Layer):
     per step whatever the gradient's size, and thresholds live on a scale of 0.01,
     so the weight is `log(threshold) / threshold_rate`: thresholds stay positive
     and one step moves them by about `threshold_rate * learning_rate` of their
-    value (`docs/notes.md`, "Threshold steps"). Split decisions are hard; the soft probability `sigmoid((mean - threshold) / temperature)` of
-    every node carries the gradient by a straight-through estimator
-    (`quadtree.straight_through_gates`): each patch's `gates` value is exactly 1,
-    and multiplying the patch's weight by it lets the task loss reach the
-    thresholds. `expected_patches` is the soft expected patch count down the tree
-    (`quadtree.expected_patch_count`), for the subdivision penalty. For the block
-    rule, a node's soft probability uses its base block's mean.
+    value (`docs/notes.md`, "Threshold steps"). Split decisions are hard; the
+    soft probability `sigmoid((mean - threshold) / temperature)` of every node
+    carries the gradient by a straight-through estimator
+    (`quadtree.straight_through`): each patch's `gates` value is exactly 1, and
+    multiplying the patch's weight by it lets the task loss reach the
+    thresholds. `expected_patches`, for the subdivision penalty, is the
+    expected patch count down the tree (`quadtree.expected_patch_count`) of the
+    same straight-through indicators: its value is the hard patch count, the
+    count the image really costs (the soft count can sit far from it, e.g. at
+    0.18 of the finest grid while every patch is 8 px, and a budget on it
+    would then never bind), and its gradient flows through the soft
+    probabilities, as the gates' does. For the block rule, a node's soft
+    probability uses its base block's mean.
 
     Args:
         base_size: side of the base blocks, a power of two (default 64).
@@ -94,7 +100,8 @@ class DynamicPatcher(keras.layers.Layer):
         * `"gates"`: RaggedTensor `[B, (N)]` float32, value 1, straight-through;
         * `"split_probs"`: list of `[B, h_l, w_l]` soft split probabilities, one
           per split level;
-        * `"expected_patches"`: `[B]` soft expected patch count;
+        * `"expected_patches"`: `[B]` the patch count, straight-through (its
+          gradient flows through the soft split probabilities);
         * `"patch_fraction"`: `[B]` the same divided by the count of `min_size`
           patches that would tile the image (the penalty's normalisation).
 
@@ -176,7 +183,8 @@ class DynamicPatcher(keras.layers.Layer):
         leaves = quadtree.leaf_masks(splits, inside)
         gates = quadtree.straight_through_gates(splits, probs)
         patches = self._merge_levels(images, leaves, gates, height, width)
-        expected = quadtree.expected_patch_count(probs, inside)
+        # Value: the hard patch count; gradient: the soft count's (see the class docstring).
+        expected = quadtree.expected_patch_count(quadtree.straight_through(splits, probs), inside)
         patches.update(
             split_probs=probs,
             expected_patches=expected,

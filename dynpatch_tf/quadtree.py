@@ -302,15 +302,30 @@ def leaf_masks(splits, inside):
     return leaves
 
 
+def straight_through(splits, probs):
+    """Split indicators `s_l = hard_l + (p_l - stop_gradient(p_l))` per split level.
+
+    The value of `s_l` is the hard decision (0 or 1), its gradient that of the
+    soft probability `p_l`: the straight-through estimator.
+
+    Args:
+        splits: per split level `[B, h_l, w_l]` bool, a consistent tree.
+        probs: per split level `[B, h_l, w_l]` float32, from `split_probabilities`.
+
+    Returns:
+        A list of `[B, h_l, w_l]` float32.
+    """
+    return [tf.cast(split, tf.float32) + (prob - tf.stop_gradient(prob)) for split, prob in zip(splits, probs)]
+
+
 def straight_through_gates(splits, probs):
     """Straight-through gates per level: value 1 on leaves, gradient of the soft splits.
 
-    Each split indicator is written `s_l = hard_l + (p_l - stop_gradient(p_l))`:
-    its value is the hard decision, its gradient that of the soft probability
-    `p_l`. A node's gate is the product of its ancestors' `s` and its own
-    `1 - s_l` (the finest level has no `1 - s` factor). On a leaf every factor's
-    value is 1, so the gate's value is exactly 1; multiplying a patch's weight by
-    it lets the task loss reach the thresholds.
+    A node's gate is the product of its ancestors' `straight_through`
+    indicators `s` and its own `1 - s_l` (the finest level has no `1 - s`
+    factor). On a leaf every factor's value is 1, so the gate's value is
+    exactly 1; multiplying a patch's weight by it lets the task loss reach the
+    thresholds.
 
     Args:
         splits: per split level `[B, h_l, w_l]` bool, a consistent tree.
@@ -321,8 +336,7 @@ def straight_through_gates(splits, probs):
         leaves (elsewhere the value is 0 or 1 and means nothing).
     """
     gates, ancestors = [], tf.ones_like(probs[0])
-    for split, prob in zip(splits, probs):
-        straight = tf.cast(split, tf.float32) + (prob - tf.stop_gradient(prob))
+    for straight in straight_through(splits, probs):
         gates.append(ancestors * (1.0 - straight))
         ancestors = upsample(ancestors * straight, 2)
     gates.append(ancestors)

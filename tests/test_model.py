@@ -363,3 +363,17 @@ def test_an_empty_batch_gives_empty_outputs():
     embed = tf.function(model.embed, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     out = embed(tf.zeros([0, 64, 64, 3]))
     assert out["pooled_embedding"].shape == (0, 16) and out["boxes"].nrows() == 0
+
+
+def test_budget_penalty_pulls_a_split_everything_start_down_to_the_budget():
+    images, labels = stripes_task(16, seed=1)
+    finest = (128 // 8) ** 2
+    budget = 0.3
+    model = compiled(learning_rate=1e-2, thresholds=(1e-4,) * 3, penalty_weight=5.0,
+                     patch_budget=budget)
+    start = model.patches(images)["boxes"].row_lengths().numpy().mean() / finest
+    history = model.fit(images, labels, batch_size=4, epochs=6, verbose=0).history
+    end = model.patches(images)["boxes"].row_lengths().numpy().mean() / finest
+    assert start > 0.9  # nearly every patch 8 px
+    assert end <= 1.2 * budget, history["patches"]
+    assert model.get_config()["patch_budget"] == budget

@@ -1,0 +1,58 @@
+"""The subdivision penalty: what a patch costs in the training loss.
+
+The patcher's `patch_fraction` is the soft expected patch count of an image
+over the count of finest (`min_size`) patches that would tile it: about
+`1 / 4**(levels - 1)` when every base block stays whole, 1 when every patch is
+of the finest size. Its gradient reaches the thresholds through the soft split
+probabilities (see `dynpatch_tf.quadtree`).
+
+Example:
+
+>>> subdivision_penalty(tf.constant([0.2, 0.4]), weight=2.0, budget=0.15)  # 2 * (0.3 / 0.15 - 1)
+<tf.Tensor: shape=(), dtype=float32, numpy=2.0>
+"""
+
+import tensorflow as tf
+
+
+def subdivision_penalty(patch_fraction, weight, budget=None):
+    """The penalty of a batch, from its images' soft expected patch fractions.
+
+    With `f` the batch's mean `patch_fraction` and `w` the `weight`:
+
+    * linear (`budget=None`): `w * f`;
+    * budget form: `w * max(0, f / budget - 1)`, the relative overshoot of the
+      budget. Below the budget the task loss alone moves the thresholds (the
+      penalty and its gradient are 0); above it the penalty pulls the count
+      back. The budget is on the batch's mean, as a compute budget is: busy
+      images may take more patches while flat ones take fewer.
+
+    Scale: the penalty is in the task loss's units (nats for cross-entropy).
+    In the budget form, `w = 1` makes a count of twice the budget cost 1 nat,
+    as much as a wrong guess among e classes, so a budget holds against a
+    task loss near 1 when `w` is about 1 to 10. The linear form's gradient is
+    `w` per unit of fraction, a small number next to the task loss's unless
+    `w` is of order 1 or more.
+
+    Args:
+        patch_fraction: `[B]` float, as `DynamicPatchModel.embed` returns it.
+        weight: `w`; 0 turns the penalty off.
+        budget: None for the linear form, or the budget, a patch fraction in
+            (0, 1].
+
+    Returns:
+        A float32 scalar.
+    """
+    fraction = tf.reduce_mean(tf.cast(patch_fraction, tf.float32))
+    if budget is None:
+        return weight * fraction
+    return weight * tf.nn.relu(fraction / budget - 1.0)
+
+
+def check_budget(budget):
+    """`budget` as a float in (0, 1], or None; anything else is refused with its value."""
+    if budget is None:
+        return None
+    if not 0 < budget <= 1:
+        raise ValueError(f"patch_budget must be a patch fraction in (0, 1]; got {budget}.")
+    return float(budget)
