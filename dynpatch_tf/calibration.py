@@ -195,7 +195,8 @@ def _batches(data, batch_size):
         yield from (data[start:start + batch_size] for start in range(0, len(data), batch_size))
         return
     for batch in data:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        labelled = isinstance(batch, (tuple, list)) and not isinstance(batch, NodeScores)
+        yield batch[0] if labelled else batch
 
 
 def _level_values(batches):
