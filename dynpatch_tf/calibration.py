@@ -116,6 +116,9 @@ def calibrate_thresholds(model_or_patcher, images_or_dataset, patch_fraction=Non
             give (the message names that range).
     """
     patcher, complexity = _parts(model_or_patcher, complexity)
+    if patcher.rule == "budget":
+        raise ValueError(f'rule="budget" fixes the count at budget={patcher.budget} patches '
+                         'per image; thresholds are calibrated for the quadtree and block rules.')
     if (patch_fraction is None) == (patches_per_image is None):
         raise ValueError("give exactly one of patch_fraction and patches_per_image.")
     batches = [batch if isinstance(batch, NodeScores) else node_scores(patcher, batch, complexity)
@@ -171,7 +174,7 @@ def node_scores(model_or_patcher, images, complexity=None):
 
 
 def _parts(model_or_patcher, complexity):
-    """`(patcher, complexity map)` of a model or a bare patcher, checked for calibration."""
+    """`(patcher, complexity map)` of a model or a bare patcher."""
     if isinstance(model_or_patcher, DynamicPatcher):
         patcher, complexity = model_or_patcher, complexity or ComplexityMap()
     else:
@@ -182,9 +185,6 @@ def _parts(model_or_patcher, complexity):
         if complexity is not None:
             raise ValueError("`complexity` is for a bare patcher; a model uses its own.")
         complexity = model_or_patcher.complexity
-    if patcher.rule == "budget":
-        raise ValueError(f'rule="budget" fixes the count at budget={patcher.budget} patches '
-                         'per image; thresholds are calibrated for the quadtree and block rules.')
     return patcher, complexity
 
 
