@@ -19,6 +19,7 @@ if keras.backend.backend() != "tensorflow":
 
 from dynpatch_tf.attention import PatchAttention  # noqa: E402
 from dynpatch_tf.augment import make_augmentation  # noqa: E402
+from dynpatch_tf.calibration import Calibration, calibrate_thresholds  # noqa: E402
 from dynpatch_tf.complexity import ComplexityMap  # noqa: E402
 from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset  # noqa: E402
 from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder  # noqa: E402
@@ -31,6 +32,7 @@ from dynpatch_tf.position import PatchPositionEncoding  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Calibration",
     "ComplexityMap",
     "DynamicPatchModel",
     "DynamicPatcher",
@@ -40,6 +42,7 @@ __all__ = [
     "PatchEmbedder",
     "PatchPositionEncoding",
     "SkippedFile",
+    "calibrate_thresholds",
     "image_folder_dataset",
     "make_augmentation",
     "make_needles",

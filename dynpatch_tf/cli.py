@@ -1,4 +1,4 @@
-"""The `dynpatch` command: train, evaluate, embed, visualize, export, demo.
+"""The `dynpatch` command: train, evaluate, embed, visualize, export, calibrate, demo.
 
 Run `dynpatch COMMAND --help` for each command's options, or `dynpatch demo`
 for a few-minute tour on generated data: it trains a small model, prints its
@@ -16,6 +16,7 @@ dynpatch evaluate --model run/model.keras --needles 200
 dynpatch embed --model run/model.keras photos/ --output embeddings/
 dynpatch visualize --model run/model.keras photo.jpg --output pictures/
 dynpatch export --model run/model.keras --format saved_model --output saved_models --name dynpatch
+dynpatch calibrate photos/ --model run/model.keras --patch-fraction 0.15
 ```
 """
 
@@ -30,9 +31,10 @@ import numpy as np
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
+from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
 from dynpatch_tf.cli_parser import build_parser
-from dynpatch_tf.image_files import list_image_files
+from dynpatch_tf.image_files import list_image_files, map_image_files
 from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
@@ -189,6 +191,31 @@ def _export(args):
     print(f"Exported to {path}")
 
 
+def _calibrate(args):
+    model = _load_model(args.model)
+    with _reported():
+        paths = list_image_files(args.data)
+    min_side = max(model.patcher.base_size, model.complexity.min_image_size)
+    # One file at a time: only each image's node means are kept.
+    results, skipped = map_image_files(lambda path, image: node_scores(model, image),
+                                       paths, min_side, _verbosity(args))
+    _report_skipped(skipped)
+    if not results:
+        raise CommandError("no image could be read.")
+    with _reported():
+        result = calibrate_thresholds(model, [scores for _, scores in results],
+                                      args.patch_fraction, args.patches_per_image)
+    output = args.output or args.model
+    with _reported(ValueError, OSError, prefix=f"cannot write {output!r}: "):
+        model.save(output)
+    print(f"Calibrated on {len(results)} images.")
+    print(f"thresholds before: {' '.join(f'{t:.6g}' for t in result.previous)}")
+    print(f"thresholds after:  {' '.join(f'{t:.6g}' for t in result.thresholds)}")
+    print(f"patches per image: {result.patches_per_image:.1f} (target {result.target:.1f}; "
+          f"patch fraction {result.patch_fraction:.4f})")
+    print(f"Wrote {output}")
+
+
 def _demo(args):
     with _reported():
         demo.run_demo(args.output, args.epochs, args.images, args.seed)
@@ -249,7 +276,7 @@ def _verbosity(args):
 
 # What each command runs (`cli_parser.build_parser` defines their arguments).
 COMMANDS = {"train": _train, "evaluate": _evaluate, "embed": _embed, "visualize": _visualize,
-            "export": _export, "demo": _demo}
+            "export": _export, "calibrate": _calibrate, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,6 +36,7 @@ def build_parser():
     _add_evaluate_parser(commands)
     _add_image_file_parsers(commands)
     _add_export_parser(commands)
+    _add_calibrate_parser(commands)
     _add_demo_parser(commands)
     return parser
 
@@ -148,6 +149,28 @@ def _add_export_parser(commands):
                         help="tflite only: the fixed input size (default 512 512)")
     parser.add_argument("--quantization", choices=("float16", "dynamic"),
                         help="tflite only: weight quantization (default float32)")
+
+
+def _add_calibrate_parser(commands):
+    parser = _add_command(
+        commands, "calibrate", "set the thresholds to a patch budget",
+        "Set a model's thresholds so that its mean patch count per image on the given "
+        "images hits a target, without training (dynpatch_tf.calibrate_thresholds), "
+        "and write the model back. Files that cannot be read are reported on stderr "
+        "and skipped; images may differ in size.",
+    )
+    parser.add_argument("data", nargs="+", metavar="DATA",
+                        help="image files, or folders searched recursively for "
+                        + ", ".join(IMAGE_EXTENSIONS) + " files")
+    _add_model_argument(parser, required=True)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--patch-fraction", type=float, metavar="F",
+                        help="target patches as a fraction of the finest count (the "
+                        "smallest patches that tile the images), e.g. 0.15")
+    target.add_argument("--patches-per-image", type=float, metavar="N",
+                        help="target mean patch count per image")
+    parser.add_argument("--output", metavar="PATH",
+                        help="where to write the calibrated model (default: --model)")
 
 
 def _add_demo_parser(commands):

@@ -166,6 +166,15 @@ class DynamicPatcher(keras.layers.Layer):
         """The current thresholds, `[num_levels - 1]` float32."""
         return tf.exp(self.log_thresholds * self.threshold_rate)
 
+    def set_thresholds(self, values):
+        """Sets the thresholds, in the weight and in `get_config` (so a model made from
+        the config starts with them), e.g. from `dynpatch_tf.calibrate_thresholds`."""
+        _checked_num_levels(self.base_size, self.min_size, values, self.token_size,
+                            self.rule, self.budget, self.temperature)
+        self.initial_thresholds = tuple(float(t) for t in values)
+        if self.built:
+            self.log_thresholds.assign(np.log(self.initial_thresholds) / self.threshold_rate)
+
     def call(self, images, complexity):
         images = image_ops.prepare_images(images, self.base_size, self.validate)
         complexity = self._check_complexity(images, complexity)
