@@ -1,4 +1,24 @@
-"""DynamicPatcher: complexity-driven quadtree patches in RaggedTensors."""
+"""DynamicPatcher: complexity-driven quadtree patches in RaggedTensors.
+
+Learnable subdivision: the thresholds are a weight (trainable unless
+`trainable_thresholds=False`). Adam moves a weight by about its learning rate
+per step whatever the gradient's size, and thresholds live on a scale of 0.01,
+so the weight is `log(threshold) / threshold_rate`: thresholds stay positive
+and one step moves them by about `threshold_rate * learning_rate` of their
+value (`docs/notes.md`, "Threshold steps"). Split decisions are hard; the
+soft probability `sigmoid((mean - threshold) / temperature)` of every node
+carries the gradient by a straight-through estimator
+(`quadtree.straight_through`): each patch's `gates` value is exactly 1, and
+multiplying the patch's weight by it lets the task loss reach the
+thresholds. `expected_patches`, for the subdivision penalty, is the
+expected patch count down the tree (`quadtree.expected_patch_count`) of the
+same straight-through indicators: its value is the hard patch count, the
+count the image really costs (the soft count can sit far from it, e.g. at
+0.18 of the finest grid while every patch is 8 px, and a budget on it
+would then never bind), and its gradient flows through the soft
+probabilities, as the gates' does. For the block rule, a node's soft
+probability uses its base block's mean.
+"""
 
 import keras
 import numpy as np
@@ -53,24 +73,8 @@ class DynamicPatcher(keras.layers.Layer):
     exactly. Pixels of a patch that straddles the border come from the padded
     image.
 
-    Learnable subdivision: the thresholds are a weight (trainable unless
-    `trainable_thresholds=False`). Adam moves a weight by about its learning rate
-    per step whatever the gradient's size, and thresholds live on a scale of 0.01,
-    so the weight is `log(threshold) / threshold_rate`: thresholds stay positive
-    and one step moves them by about `threshold_rate * learning_rate` of their
-    value (`docs/notes.md`, "Threshold steps"). Split decisions are hard; the
-    soft probability `sigmoid((mean - threshold) / temperature)` of every node
-    carries the gradient by a straight-through estimator
-    (`quadtree.straight_through`): each patch's `gates` value is exactly 1, and
-    multiplying the patch's weight by it lets the task loss reach the
-    thresholds. `expected_patches`, for the subdivision penalty, is the
-    expected patch count down the tree (`quadtree.expected_patch_count`) of the
-    same straight-through indicators: its value is the hard patch count, the
-    count the image really costs (the soft count can sit far from it, e.g. at
-    0.18 of the finest grid while every patch is 8 px, and a budget on it
-    would then never bind), and its gradient flows through the soft
-    probabilities, as the gates' does. For the block rule, a node's soft
-    probability uses its base block's mean.
+    Learnable subdivision (thresholds as a weight, straight-through gates and
+    patch count): see the module docstring.
 
     Args:
         base_size: side of the base blocks, a power of two (default 64).
