@@ -20,6 +20,7 @@ import time
 
 import keras
 
+from dynpatch_tf.calibration import calibrate_thresholds
 from dynpatch_tf.image_files import sample_photo
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.needles import NEEDLE_KINDS
@@ -39,7 +40,14 @@ MODEL = dict(
     embed_dim=32,
     width_multiplier=0.5,
 )
+# The budget penalty caps the needles model at this patch fraction (its count
+# sits below it, so the cap costs nothing here).
+PATCH_BUDGET = 0.15
+PENALTY_WEIGHT = 1.0
 PHOTOS = ("astronaut", "rocket", "coffee")  # ship with scikit-image
+# The photo pictures use a copy of the model with thresholds calibrated to
+# this fraction of the finest grid on the photos themselves.
+PHOTO_BUDGET = 0.15
 NEEDLES_PICTURES = 3
 SAVED_MODELS = "saved_models"  # under the demo's output folder
 MODEL_NAME = "dynpatch_demo"
@@ -82,7 +90,8 @@ def run_demo(output="demo_output", epochs=8, images=576, seed=0, verbose=1):
         images, IMAGE_SIZE, CLASSES, seed, BATCH_SIZE, VALIDATION_SPLIT
     )
     keras.utils.set_random_seed(seed)
-    model = DynamicPatchModel(num_classes=CLASSES, **MODEL)
+    model = DynamicPatchModel(num_classes=CLASSES, penalty_weight=PENALTY_WEIGHT,
+                              patch_budget=PATCH_BUDGET, **MODEL)
     fit_and_save(model, training, validation, output, epochs, LEARNING_RATE, verbose)
     results = model.evaluate(validation, return_dict=True, verbose=0)
     counts = patch_counts(model, validation)
@@ -96,13 +105,33 @@ def run_demo(output="demo_output", epochs=8, images=576, seed=0, verbose=1):
     exported = export.export_saved_model(model, os.path.join(output, SAVED_MODELS), MODEL_NAME)
     print(f"Exported to {exported}")
     needles = next(iter(validation))[0][:NEEDLES_PICTURES].numpy()
-    pictures = {f"needles_{i}": image for i, image in enumerate(needles)}
-    pictures.update({name: sample_photo(name) for name in PHOTOS})
+    photos = {name: sample_photo(name) for name in PHOTOS}
+    photo_model = _calibrated_copy(model, photos.values())
     print("Pictures: patches (outlines 64 px red, 32 yellow, 16 cyan, 8 green), "
-          "complexity, attention; the thresholds suit needles, so photos split finely.")
+          "complexity, attention.")
     folder = os.path.join(output, "pictures")
-    for name, image in pictures.items():
-        save_png(render_patches(image, model), os.path.join(folder, f"{name}.png"))
-    print(f"Wrote {len(pictures)} pictures to {folder}")
+    for name, image in enumerate(needles):
+        save_png(render_patches(image, model), os.path.join(folder, f"needles_{name}.png"))
+    for name, image in photos.items():
+        save_png(render_patches(image, photo_model), os.path.join(folder, f"{name}.png"))
+    print(f"Wrote {len(needles) + len(photos)} pictures to {folder}")
     print(f"Done in {time.time() - start:.0f} s.")
     return model
+
+
+def _calibrated_copy(model, photos):
+    """A copy of `model` whose thresholds put `PHOTO_BUDGET` of the finest grid on `photos`.
+
+    The needles thresholds split photos almost everywhere; calibrated, the
+    photos split where they are busy (faces, text, edges) and stay coarse
+    where they are flat.
+    """
+    copy = DynamicPatchModel.from_config(model.get_config())
+    copy.build((None, None, None, 3))
+    copy.set_weights(model.get_weights())
+    result = calibrate_thresholds(copy, [photo[None] for photo in photos], patch_fraction=PHOTO_BUDGET)
+    thresholds = ", ".join(f"{value:.4f}" for value in result.thresholds)
+    print(f"Photos: thresholds calibrated to {PHOTO_BUDGET:.0%} of the finest grid ({thresholds}): "
+          f"{result.patches_per_image:.0f} patches per photo on average.")
+    return copy
+

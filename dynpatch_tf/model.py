@@ -171,7 +171,7 @@ class DynamicPatchModel(keras.Model):
         """
         images = tf.convert_to_tensor(images)
         if not self.built:
-            self.build(images.shape)
+            self.build(tuple(images.shape))  # plain values: the build config is JSON
         min_image_size = max(self.patcher.base_size, self.complexity.min_image_size)
         images = image_ops.prepare_images(images, min_image_size, self.validate)
         return self.patcher(images, self.complexity(images))

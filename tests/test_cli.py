@@ -267,7 +267,8 @@ def test_demo_writes_everything_under_its_output(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "fit_and_save", lambda model, *args, **kwargs: cli.compile_classifier(model))
     monkeypatch.setattr(export, "export_saved_model",
                         lambda model, base, name: exported.append((base, name)) or "PATH")
-    monkeypatch.setattr(demo, "sample_photo", lambda name: np.zeros((64, 96, 3), np.uint8))
+    noise = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    monkeypatch.setattr(demo, "sample_photo", lambda name: noise)  # calibration needs detail
     monkeypatch.chdir(tmp_path)
     output = tmp_path / "out"
     status, log = run_main(["demo", "--output", str(output), "--images", "12", "--epochs", "1"])
