@@ -162,6 +162,7 @@ class DynamicPatchHyperModel(keras_tuner.HyperModel):
         finest = (math.ceil(images.shape[1] / model.patcher.min_size)
                   * math.ceil(images.shape[2] / model.patcher.min_size))
         score = PatchBudgetScore(finest, self.patch_budget, self.budget_weight)
+        kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
         history = model.fit(x, *args, validation_data=validation_data,
                             callbacks=[score, *(callbacks or [])], **kwargs)
         metrics = {name: values[-1] for name, values in history.history.items()}
