@@ -146,17 +146,20 @@ def leaderboard(tuner):
         `patch_fraction` and `time_per_image` (seconds); None where a trial
         has no value.
     """
-    rows = []
-    for trial in tuner.oracle.trials.values():
-        def last(name):
-            exists = trial.metrics.exists(name)
-            return float(trial.metrics.get_last_value(name)) if exists else None
-
-        rows.append({"trial_id": trial.trial_id, "status": trial.status, "score": trial.score,
-                     "accuracy": last("val_accuracy"), "patches_per_image": last("val_patches"),
-                     "patch_fraction": last("val_patch_fraction"),
-                     "time_per_image": last("time_per_image")})
+    rows = [{"trial_id": trial.trial_id, "status": trial.status, "score": trial.score,
+             **{column: _last(trial, metric) for column, metric in LEADERBOARD_METRICS.items()}}
+            for trial in tuner.oracle.trials.values()]
     return sorted(rows, key=lambda row: (row["score"] is None, -(row["score"] or 0)))
+
+
+# The leaderboard's columns and the trial metrics they show.
+LEADERBOARD_METRICS = {"accuracy": "val_accuracy", "patches_per_image": "val_patches",
+                       "patch_fraction": "val_patch_fraction", "time_per_image": "time_per_image"}
+
+
+def _last(trial, name):
+    """The trial's last value of metric `name`, or None."""
+    return float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None
 
 
 def best_config(tuner):

@@ -168,7 +168,7 @@ class DynamicPatchHyperModel(keras_tuner.HyperModel):
         metrics = {name: values[-1] for name, values in history.history.items()}
         start = time.perf_counter()
         model.evaluate(validation_data, verbose=0)
-        count = sum(int(images.shape[0]) for images, *_ in validation_data)
+        count = sum(int(batch[0].shape[0]) for batch in validation_data)
         metrics["time_per_image"] = (time.perf_counter() - start) / count
         return metrics
 
