@@ -23,6 +23,7 @@ dynpatch calibrate photos/ --model run/model.keras --patch-fraction 0.15
 import contextlib
 import csv
 import importlib.util
+import json
 import os
 import sys
 
@@ -33,13 +34,15 @@ from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
-from dynpatch_tf.cli_parser import build_parser
+from dynpatch_tf.cli_parser import parse_arguments
 from dynpatch_tf.image_files import list_image_files, map_image_files
 from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 from dynpatch_tf.training import compile_classifier, describe_counts, fit_and_save, patch_counts
 from dynpatch_tf.training import folder_datasets, needles_datasets
+from dynpatch_tf.tuners import TrialFailedError, best_config, leaderboard, make_tuner
+from dynpatch_tf.tuning import DEFAULT_RANGES, DynamicPatchHyperModel, threshold_sweep
 from dynpatch_tf.visualize import draw_files
 
 
@@ -57,7 +60,7 @@ def main(argv=None):
         The exit status: 0 on success, 1 when the command reported an error
         (argument errors exit with status 2 through argparse).
     """
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         COMMANDS[args.command](args)
     except CommandError as error:
@@ -88,7 +91,16 @@ def _train(args):
                              args.min_patch_size or MIN_PATCH_SIZE)
     training, validation, class_names = _load_datasets(args, training=True)
     keras.utils.set_random_seed(args.seed)
-    model = DynamicPatchModel(
+    with _reported(ValueError, TypeError, prefix="cannot build the model: "):
+        model = _train_model(args, class_names, thresholds, sizes)
+    print(f"Classes: {', '.join(class_names)}")
+    fit_and_save(model, training, validation, args.output, args.epochs,
+                 args.learning_rate, _verbosity(args), args.tensorboard)
+
+
+def _train_model(args, class_names, thresholds, sizes):
+    """The model `train` fits: its flags, and `--config`'s options no flag takes."""
+    return DynamicPatchModel(
         num_classes=len(class_names),
         thresholds=thresholds,
         penalty_weight=args.penalty_weight,
@@ -98,10 +110,8 @@ def _train(args):
         attention_filters=args.attention_filters,
         # Only the sizes given: the model's own defaults otherwise.
         **{name: size for name, size in sizes.items() if size is not None},
+        **getattr(args, "model_options", {}),
     )
-    print(f"Classes: {', '.join(class_names)}")
-    fit_and_save(model, training, validation, args.output, args.epochs,
-                 args.learning_rate, _verbosity(args), args.tensorboard)
 
 
 def _thresholds(thresholds, base_size, min_size):
@@ -221,6 +231,91 @@ def _demo(args):
         demo.run_demo(args.output, args.epochs, args.images, args.seed)
 
 
+def _tune(args):
+    if (args.data is None) == (args.needles is None):
+        raise CommandError("give a class folder DATA or --needles N (one of them).")
+    if args.thresholds_only:
+        return _sweep_thresholds(args)
+    if args.directory is None:
+        raise CommandError("--directory is required (the search is saved and resumed there).")
+    if args.tuner == "hyperband" and args.max_trials is not None:
+        raise CommandError("--max-trials is for random and bayesian; hyperband's trials "
+                           "follow from --epochs.")
+    thresholds = _thresholds(args.thresholds, BASE_SIZE, MIN_PATCH_SIZE)
+    training, validation, class_names = _load_datasets(args, training=True)
+    if validation is None:
+        raise CommandError("--validation-split must hold out images to score the trials.")
+    with _reported():
+        hypermodel = DynamicPatchHyperModel(
+            len(class_names), ranges=_search_ranges(args.range), thresholds=args.threshold_mode,
+            base_thresholds=thresholds, patch_budget=args.patch_budget,
+            budget_weight=args.budget_weight,
+            fixed={"embed_dim": args.embed_dim, "attention_filters": args.attention_filters})
+    with _reported():
+        tuner = make_tuner(hypermodel, args.tuner, args.directory, args.project_name,
+                           max_trials=args.max_trials or 10, max_epochs=args.epochs,
+                           seed=args.seed, fail_fast=not args.keep_going)
+    done = len(tuner.oracle.trials)
+    with _reported(TrialFailedError):
+        tuner.search(training, validation_data=validation, epochs=args.epochs,
+                     verbose=_verbosity(args))
+    print(f"{len(tuner.oracle.trials) - done} new trials, {len(tuner.oracle.trials)} in all; "
+          f"objective {hypermodel.objective.name}")
+    _print_leaderboard(leaderboard(tuner))
+    with _reported():
+        config = best_config(tuner)
+    path = os.path.join(args.directory, "best_config.json")
+    with open(path, "w") as file:
+        json.dump(config, file, indent=1)
+    print(f"Wrote the best configuration (trial {config['tuning']['trial_id']}) to {path}")
+
+
+def _search_ranges(pairs):
+    """`--range NAME VALUE...` as `DynamicPatchHyperModel` ranges, typed as the defaults."""
+    ranges = {}
+    for name, *values in pairs:
+        if name not in DEFAULT_RANGES or not values:
+            raise CommandError(f"--range takes a name of {', '.join(DEFAULT_RANGES)} and "
+                               f"values, got {' '.join([name, *values])}.")
+        default = DEFAULT_RANGES[name]
+        kind = type(default[0]) if isinstance(default, list) else float
+        try:
+            typed = [kind(value) for value in values]
+        except ValueError:
+            raise CommandError(f"--range {name} takes {kind.__name__} values, got {values}.") from None
+        if isinstance(default, tuple) and len(typed) > 2:
+            raise CommandError(f"--range {name} takes LOW HIGH or one value, got {values}.")
+        ranges[name] = tuple(typed) if isinstance(default, tuple) and len(typed) == 2 else typed
+    return ranges
+
+
+def _print_leaderboard(rows):
+    def number(value, form, factor=1):
+        return "-" if value is None else format(value * factor, form)
+
+    print(f"{'trial':>6} {'status':>10} {'score':>8} {'accuracy':>9} {'patches/image':>14} "
+          f"{'ms/image':>9}")
+    for row in rows:
+        print(f"{row['trial_id']:>6} {row['status']:>10} {number(row['score'], '.4f'):>8} "
+              f"{number(row['accuracy'], '.4f'):>9} {number(row['patches_per_image'], '.1f'):>14} "
+              f"{number(row['time_per_image'], '.2f', 1000):>9}")
+
+
+def _sweep_thresholds(args):
+    """`tune --thresholds-only`: the model's accuracy and patches per threshold scale."""
+    if args.model is None:
+        raise CommandError("--thresholds-only needs --model.")
+    model = _load_model(args.model)
+    dataset, _, class_names = _load_datasets(args)
+    with _reported():
+        rows = threshold_sweep(model, dataset, args.scales)
+    print(f"{'scale':>7} {'accuracy':>9} {'patches/image':>14}  thresholds")
+    for row in rows:
+        thresholds = " ".join(f"{value:.4g}" for value in row["thresholds"])
+        print(f"{row['scale']:>7.3g} {row['accuracy']:>9.4f} {row['patches_per_image']:>14.1f}  "
+              f"{thresholds}")
+
+
 def _report_skipped(skipped):
     """Prints each `SkippedFile` on stderr: the file and why it was left out."""
     for path, reason in skipped:
@@ -276,7 +371,7 @@ def _verbosity(args):
 
 # What each command runs (`cli_parser.build_parser` defines their arguments).
 COMMANDS = {"train": _train, "evaluate": _evaluate, "embed": _embed, "visualize": _visualize,
-            "export": _export, "calibrate": _calibrate, "demo": _demo}
+             "export": _export, "calibrate": _calibrate, "demo": _demo, "tune": _tune}
 
 if __name__ == "__main__":
     sys.exit(main())

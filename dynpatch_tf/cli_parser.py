@@ -6,12 +6,15 @@ command `args.command` names. The defaults the help texts state are here too.
 
 import argparse
 import inspect
+import json
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.image_files import IMAGE_EXTENSIONS
 from dynpatch_tf.needles import NEEDLE_KINDS
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
+from dynpatch_tf.tuners import TUNERS
+from dynpatch_tf.tuning import DEFAULT_RANGES
 
 # Side of generated needles images unless --image-size says otherwise.
 NEEDLES_IMAGE_SIZE = 192
@@ -38,6 +41,7 @@ def build_parser():
     _add_export_parser(commands)
     _add_calibrate_parser(commands)
     _add_demo_parser(commands)
+    _add_tune_parser(commands)
     return parser
 
 
@@ -88,6 +92,12 @@ def _add_train_parser(commands):
     parser.add_argument("--attention-filters", type=int, nargs="+", default=[16, 32],
                         help="conv filters of the attention CNN")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write to")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a JSON configuration, e.g. the best_config.json of `dynpatch "
+                        "tune`: {\"model\": DynamicPatchModel options, \"training\": "
+                        "{\"learning_rate\", \"epochs\", \"batch_size\", "
+                        "\"validation_split\"}}; its values replace the defaults of the "
+                        "matching flags, and flags given on the command line win")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs to OUTPUT/logs")
     parser.add_argument("--augment", action="store_true",
@@ -224,3 +234,131 @@ def _add_images_arguments(parser, model_required):
                         help="image files, or folders searched recursively for "
                         + ", ".join(IMAGE_EXTENSIONS) + " files")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write to")
+
+
+# `train --config`: the flag (its `dest`) each configuration entry sets. Other
+# "model" entries are passed to DynamicPatchModel as they are (`model_options`);
+# "num_classes" is left out, the data decides it.
+CONFIG_FLAGS = {
+    "model": {"thresholds": "thresholds", "penalty_weight": "penalty_weight",
+              "token_size": "token_size", "embed_dim": "embed_dim",
+              "width_multiplier": "width_multiplier", "attention_filters": "attention_filters",
+              "base_size": "base_size", "min_size": "min_patch_size"},
+    "training": {"learning_rate": "learning_rate", "epochs": "epochs",
+                 "batch_size": "batch_size", "validation_split": "validation_split"},
+}
+
+
+def parse_arguments(argv=None):
+    """Parses the command line; `train --config FILE` supplies flag defaults.
+
+    The configuration's values become the defaults of the matching flags
+    (`CONFIG_FLAGS`) and the arguments are parsed again, so a flag given on the
+    command line overrides the file. `args.model_options` holds the "model"
+    entries no flag takes (e.g. `sigma`, `attention_activation`).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    train = _subparser(parser, "train")
+    try:
+        with open(args.config) as file:
+            config = json.load(file)
+        flags, options = _config_defaults(config)
+    except (OSError, ValueError) as error:
+        train.error(f"--config {args.config}: {error}")
+    train.set_defaults(**flags)
+    args = parser.parse_args(argv)
+    args.model_options = options
+    return args
+
+
+def _config_defaults(config):
+    """`(flag defaults, other model options)` of a `train --config` dict."""
+    if not isinstance(config, dict) or not set(config) <= {"model", "training", "tuning"}:
+        raise ValueError('expected a JSON object with "model", "training" (and "tuning") entries.')
+    unknown = sorted(set(config.get("training", {})) - set(CONFIG_FLAGS["training"]))
+    if unknown:
+        raise ValueError(f"unknown training entries {unknown}; known: {sorted(CONFIG_FLAGS['training'])}.")
+    flags, options = {}, {}
+    for section in ("model", "training"):
+        for name, value in config.get(section, {}).items():
+            if name in CONFIG_FLAGS[section]:
+                flags[CONFIG_FLAGS[section][name]] = value
+            elif name != "num_classes":
+                options[name] = value
+    return flags, options
+
+
+def _subparser(parser, name):
+    """The subparser of command `name`."""
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+def _add_tune_parser(commands):
+    parser = _add_command(
+        commands, "tune", "search hyperparameters with KerasTuner, or sweep thresholds",
+        "Search DynamicPatchModel hyperparameters (thresholds, penalty weight, sigma, "
+        "token size, width, attention normalisation, learning rate) with KerasTuner on "
+        "a class folder DATA or on --needles images. Trials are saved in "
+        "DIRECTORY/PROJECT_NAME; running the command again on the same folder resumes "
+        "the search and keeps finished trials. Prints a leaderboard (accuracy, patches "
+        "per image, time per image) and writes DIRECTORY/best_config.json for "
+        "`dynpatch train --config`. The objective is val_accuracy, or with "
+        "--patch-budget F: val_accuracy - BUDGET_WEIGHT x max(0, patch fraction - F), "
+        "the patch fraction being patches per image over the 8 px grid's count. "
+        "With --thresholds-only --model M: evaluate a trained model with its thresholds "
+        "scaled by each of --scales, without training.",
+    )
+    parser.add_argument("data", nargs="?", metavar="DATA",
+                        help="folder with one subfolder of images per class")
+    parser.add_argument("--needles", type=int, metavar="N",
+                        help="generate N needles images instead of DATA")
+    parser.add_argument("--classes", type=int, default=4, choices=range(2, len(NEEDLE_KINDS) + 1),
+                        help="number of needles classes")
+    parser.add_argument("--image-size", type=int, metavar="PX",
+                        help="resize images to PX x PX (default: needles "
+                        f"{NEEDLES_IMAGE_SIZE}, folders keep each image's size)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the needles images, shuffling, split and tuner")
+    parser.add_argument("--validation-split", type=float, default=0.2,
+                        help="fraction of the images held out to score each trial")
+    parser.add_argument("--tuner", choices=sorted(TUNERS), default="random")
+    parser.add_argument("--max-trials", type=int,
+                        help="trials of the whole search, resumed ones included (random, "
+                        "bayesian; default 10)")
+    parser.add_argument("--directory", metavar="DIR", help="folder of the search")
+    parser.add_argument("--project-name", default="dynpatch_tune")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs per trial (hyperband: the most epochs of a trial)")
+    parser.add_argument("--patch-budget", type=float, metavar="F",
+                        help="rank trials by accuracy under this patch fraction")
+    parser.add_argument("--budget-weight", type=float, default=1.0,
+                        help="accuracy lost per unit of patch fraction over --patch-budget")
+    parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                        help="base thresholds that the searched scale multiplies "
+                        f"(default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
+    parser.add_argument("--threshold-mode", choices=("scale", "levels"), default="scale",
+                        help="search one scale on the base thresholds, or one value per "
+                        "level (kept increasing)")
+    parser.add_argument("--range", nargs="+", action="append", default=[],
+                        metavar=("NAME", "VALUE"),
+                        help="override a search range: two numbers for a float range "
+                        "(log scale), values for a choice, one value to fix it; names: "
+                        + ", ".join(DEFAULT_RANGES))
+    parser.add_argument("--embed-dim", type=int, default=64, help="embedding size (not tuned)")
+    parser.add_argument("--attention-filters", type=int, nargs="+", default=[16, 32],
+                        help="conv filters of the attention CNN (not tuned)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="report a failed trial and go on (default: stop at it)")
+    parser.add_argument("--thresholds-only", action="store_true",
+                        help="sweep the thresholds of --model instead of searching")
+    _add_model_argument(parser, required=False)
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                        help="--thresholds-only: factors on the model's thresholds")
+    # `cli._load_datasets` reads these train options; tune never augments.
+    parser.set_defaults(augment=False, **{name: None for name in AUGMENTATION})
