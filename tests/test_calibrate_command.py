@@ -1,7 +1,5 @@
 """`dynpatch calibrate`: thresholds to a patch budget on a folder of images, written back."""
 
-import contextlib
-import io
 import re
 
 import keras
@@ -12,20 +10,13 @@ import tensorflow as tf
 import dynpatch_tf as dp
 from dynpatch_tf.cli import main
 from dynpatch_tf.image_files import read_image, sample_photo
+from tests.cli_testing import run_main
 
 # Crops of scikit-image photos, of several sizes: (photo, height, width).
 CROPS = [("astronaut", 256, 256), ("coffee", 400, 600), ("camera", 192, 320),
          ("rocket", 128, 448), ("chelsea", 300, 451), ("coins", 303, 384),
          ("brick", 128, 128), ("moon", 256, 192)]
 NAMES = [name for name, _, _ in CROPS]
-
-
-def run_main(argv):
-    """`main(argv)` with its stdout captured: `(status, stdout)`."""
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        status = main(argv)
-    return status, stdout.getvalue()
 
 
 @pytest.fixture(scope="module")

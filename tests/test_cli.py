@@ -5,9 +5,7 @@ through `evaluate`, `embed` and `visualize`. Resuming a killed run is
 `fit_and_save`'s (tests/test_training.py).
 """
 
-import contextlib
 import csv
-import io
 import json
 import os
 import re
@@ -22,6 +20,7 @@ from dynpatch_tf import DynamicPatchModel, cli, demo, make_needles
 from dynpatch_tf.cli import main
 from dynpatch_tf.image_files import read_image
 from dynpatch_tf.visualize import COMPLEXITY_PERCENTILE, apply_colormap
+from tests.cli_testing import run_main
 
 SIZE = 128
 EPOCHS = 3
@@ -36,14 +35,6 @@ TINY_TRAINING = [
 EVALUATION_DATA = ["--needles", "8", "--image-size", str(SIZE), "--classes", "2",
                    "--batch-size", "4", "--seed", "5"]
 GAP = 8
-
-
-def run_main(argv):
-    """`main(argv)` with its stdout captured: `(status, stdout)`."""
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        status = main(argv)
-    return status, stdout.getvalue()
 
 
 def read_history(output):

@@ -4,8 +4,6 @@ One 1-trial search (module fixture `search`) and one training run from its
 best configuration (`trained`) serve every test: each trial costs a fit.
 """
 
-import contextlib
-import io
 import json
 import types
 
@@ -13,7 +11,7 @@ import keras
 import pytest
 
 import dynpatch_tf  # noqa: F401  (registers the model class for load_model)
-from dynpatch_tf.cli import main
+from tests.cli_testing import run_main
 
 DATA = ["--needles", "16", "--image-size", "64", "--classes", "2", "--batch-size", "8"]
 BUDGET = 0.3
@@ -21,14 +19,6 @@ SEARCH = [*DATA, "--validation-split", "0.5", "--max-trials", "1", "--epochs", "
           "--patch-budget", str(BUDGET), "--thresholds", "0.001", "0.002", "0.004",
           "--range", "token_size", "8", "--range", "width_multiplier", "0.25",
           "--embed-dim", "8", "--attention-filters", "4"]
-
-
-def run_main(argv):
-    """`main(argv)` with its stdout captured: `(status, stdout)`."""
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        status = main(argv)
-    return status, stdout.getvalue()
 
 
 @pytest.fixture(scope="module")
