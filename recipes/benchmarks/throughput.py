@@ -21,6 +21,8 @@ evenly. Latency is per call (a whole batch); throughput is batch / median latenc
     python recipes/benchmarks/throughput.py              # batch 32: ~20-30 min on 2 cores
     python recipes/benchmarks/throughput.py --quick      # batch 8, fewer calls: ~5-7 min
     python recipes/benchmarks/throughput.py --smoke      # 128x128, tiny: ~1 min
+    python recipes/benchmarks/throughput.py --quick --calibrate 0.15 --token-size 8
+                                                         # issue 14: calibrated vs the fair grid
 
 Prints a Markdown section for docs/benchmarks.md, with met/missed lines for the
 issue's throughput targets (their accuracy halves are in accuracy.py).
@@ -29,9 +31,11 @@ issue's throughput targets (their accuracy halves are in accuracy.py).
 import numpy as np
 
 import common
-from dynpatch_tf.patcher import DEFAULT_THRESHOLDS  # after common, which quiets TensorFlow
+from dynpatch_tf.calibration import calibrate_thresholds  # after common, which quiets TensorFlow
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 
 FINEST = len(common.LEVEL_SIZES) - 1
+CALIBRATED = "dynamic, calibrated"
 
 
 def options():
@@ -43,6 +47,12 @@ def options():
     parser.add_argument("--quick", action="store_true", help="batch 8, 3 calls at batch 8, 16 at batch 1")
     parser.add_argument("--threshold-scales", type=float, nargs="*", default=[],
                         help="also time the dynamic model with the default thresholds times each of these")
+    parser.add_argument("--calibrate", type=float, metavar="F",
+                        help="also time the dynamic model with thresholds calibrated on each image set "
+                        "to F of the finest count (calibrate_thresholds), with verdicts against the "
+                        "8 px grid of the same token size")
+    parser.add_argument("--token-size", type=int,
+                        help="token size of every dynamic and grid model (default: the library's)")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.calls, args.calls1 = 8, 3, 16
@@ -51,9 +61,9 @@ def options():
     return args
 
 
-def checked_grid(level, images, settings_note):
+def checked_grid(level, images, settings_note, settings):
     """A uniform-grid model at `level`, and a line saying whether all its patches are on it."""
-    model = common.dynamic_model(**common.uniform_settings(level))
+    model = common.dynamic_model(**common.uniform_settings(level), **settings)
     counts = common.level_counts(model, images)
     only = bool((counts.sum(1) == counts[:, level]).all())
     side = common.LEVEL_SIZES[level]
@@ -63,12 +73,13 @@ def checked_grid(level, images, settings_note):
     return model, note
 
 
-def variants(images, threshold_scales):
+def variants(images, threshold_scales, calibrate=None, settings=None):
     """{name: (model, patches per image)} and notes on how they were chosen."""
     size = images.shape[1]
-    dynamic = common.dynamic_model()
+    settings = settings or {}
+    dynamic = common.dynamic_model(**settings)
     mean = common.level_counts(dynamic, images).sum(1).mean()
-    finest, finest_note = checked_grid(FINEST, images, "finest")
+    finest, finest_note = checked_grid(FINEST, images, "finest", settings)
     level = common.nearest_level(mean, size, size)
     side = common.LEVEL_SIZES[level]
     notes = [
@@ -83,14 +94,36 @@ def variants(images, threshold_scales):
         "finest grid (8 px)": (finest, common.uniform_count(FINEST, size, size)),
     }
     if level != FINEST:
-        uniform, uniform_note = checked_grid(level, images, "uniform")
+        uniform, uniform_note = checked_grid(level, images, "uniform", settings)
         notes.append(uniform_note)
         models[f"uniform grid ({side} px)"] = (uniform, common.uniform_count(level, size, size))
     models["MobileNetV2 0.35, whole image"] = (common.mobilenet(size), "-")
     for scale in threshold_scales:
-        scaled = common.dynamic_model(thresholds=[t * scale for t in DEFAULT_THRESHOLDS])
+        scaled = common.dynamic_model(thresholds=[t * scale for t in DEFAULT_THRESHOLDS], **settings)
         models[f"dynamic, thresholds x{scale:g}"] = (scaled, common.level_counts(scaled, images).sum(1).mean())
+    if calibrate is not None:
+        calibrated = common.dynamic_model(**settings)
+        result = calibrate_thresholds(calibrated, images, patch_fraction=calibrate)
+        count = common.level_counts(calibrated, images).sum(1).mean()
+        notes.append(f"- calibrated: thresholds ({', '.join(f'{t:.4f}' for t in result.thresholds)}) "
+                     f"for {calibrate:g} of the finest count, {result.target:.1f} patches per image; "
+                     f"measured {count:.1f}.")
+        models[CALIBRATED] = (calibrated, count)
     return models, notes
+
+
+def calibration_verdicts(speed, models, target, batch):
+    """Verdicts of issue 14 for the calibrated model: its count, and 5x the 8 px grid."""
+    calibrated, finest = speed[CALIBRATED], speed["finest grid (8 px)"]
+    count = models[CALIBRATED][1]
+    lines = [common.verdict(f"calibrated >= 5x the 8 px grid of the same token size, batch {batch}",
+                            calibrated >= 5 * finest,
+                            f"{calibrated:.2f} vs {finest:.2f} images/s: {calibrated / finest:.2f}x")]
+    if batch == 1:
+        lines.insert(0, common.verdict("calibrated mean patches within 5% of the target",
+                                       abs(count / target - 1) <= 0.05,
+                                       f"{count:.1f} vs {target:.1f}"))
+    return lines
 
 
 def measure(models, images, batch, calls):
@@ -134,15 +167,19 @@ def main():
          "variants interleaved call by call. Random weights. Latency is per call; p99 of fewer than 100 calls "
          "is about their maximum."],
     )
+    settings = {} if args.token_size is None else {"token_size": args.token_size}
     for name, images in common.image_sets(args.batch, args.size).items():
         print(f"### {name}\n")
-        models, notes = variants(images, args.threshold_scales)
+        models, notes = variants(images, args.threshold_scales, args.calibrate, settings)
         print("\n".join(notes) + "\n")
         lines = []
         for batch, calls in ((1, args.calls1), (args.batch, args.calls)):
             text, speed = measure(models, images, batch, calls)
             print(f"Batch {batch}:\n\n{text}\n", flush=True)
             lines += verdicts(speed, batch)
+            if args.calibrate is not None:
+                finest = common.uniform_count(FINEST, args.size, args.size)
+                lines += calibration_verdicts(speed, models, args.calibrate * finest, batch)
         print("\n".join(lines) + "\n", flush=True)
 
 
