@@ -55,7 +55,6 @@ _SUPERSAMPLING = 4
 # textures that light the LoG everywhere, and four photos of mixed content
 # (flat areas, edges, fur, text).
 BACKGROUND_PHOTOS = ("brick", "grass", "gravel", "astronaut", "coffee", "rocket", "chelsea")
-BACKGROUNDS = ("smooth", "photos")
 
 
 class NeedleObject(NamedTuple):
@@ -84,10 +83,12 @@ def make_needles(num_images, image_size=512, num_classes=4,
         seed: integer seed; the same seed gives the same images.
         return_objects: also return the objects drawn in each image.
         background: `"smooth"` (default), the smooth scenes with soft blobs;
-            or `"photos"`, a random crop (mirrored where the photo is
-            smaller than the image), randomly flipped left-right, of one of
-            `BACKGROUND_PHOTOS` (needs scikit-image). The labels and the
-            objects' places and sizes are the same for both, given the seed.
+            `"photos"`, a random crop (mirrored where the photo is smaller
+            than the image), randomly flipped left-right, of one of
+            `BACKGROUND_PHOTOS` (needs scikit-image); or a sequence of
+            scikit-image photo names to draw from instead. The labels and
+            the objects' places and sizes are the same for every
+            background, given the seed.
         return_masks: also return the object pixels.
 
     Returns:
@@ -109,8 +110,7 @@ def make_needles(num_images, image_size=512, num_classes=4,
         raise ValueError(
             f"`num_classes` must be in [2, {len(NEEDLE_KINDS)}], got {num_classes}."
         )
-    if background not in BACKGROUNDS:
-        raise ValueError(f"`background` must be one of {BACKGROUNDS}, got {background!r}.")
+    scene = _scene_function(background)
     fewest, most = objects_per_image
     if not 0 <= fewest <= most:
         raise ValueError(
@@ -124,7 +124,6 @@ def make_needles(num_images, image_size=512, num_classes=4,
     objects = []
     for index, image_seed in enumerate(image_seeds):
         scene_seed, object_seed = image_seed.spawn(2)
-        scene = _scene if background == "smooth" else _photo_scene
         canvas = scene(height, width, np.random.default_rng(scene_seed))
         object_rng = np.random.default_rng(object_seed)
         count = object_rng.integers(fewest, most + 1)
@@ -239,15 +238,29 @@ def _scene(height, width, rng):
     return canvas
 
 
-def _photo_scene(height, width, rng):
-    """A random crop of one of `BACKGROUND_PHOTOS`, flipped left-right half the time.
+def _scene_function(background):
+    """`scene(height, width, rng)` for a `background` argument, checked."""
+    if isinstance(background, str) and background == "smooth":
+        return _scene
+    names = BACKGROUND_PHOTOS if isinstance(background, str) and background == "photos" else background
+    if isinstance(names, str) or not names or not all(isinstance(name, str) for name in names):
+        raise ValueError('`background` must be "smooth", "photos" or a sequence of scikit-image '
+                         f"photo names, got {background!r}.")
+    names = tuple(names)
+    for name in names:
+        _background_photo(name)  # names a missing photo before any image is made
+    return lambda height, width, rng: _photo_scene(height, width, rng, names)
+
+
+def _photo_scene(height, width, rng, names):
+    """A random crop of one of the photos `names`, flipped left-right half the time.
 
     A photo smaller than the image is first mirrored out to its size.
 
     Returns:
         float64 `[height, width, 3]` in [0, 1].
     """
-    photo = _background_photo(BACKGROUND_PHOTOS[rng.integers(len(BACKGROUND_PHOTOS))])
+    photo = _background_photo(names[rng.integers(len(names))])
     short_y, short_x = max(0, height - photo.shape[0]), max(0, width - photo.shape[1])
     if short_y or short_x:
         photo = np.pad(photo, [[0, short_y], [0, short_x], [0, 0]], mode="symmetric")

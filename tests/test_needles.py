@@ -119,6 +119,19 @@ def test_photo_backgrounds_are_textured():
     assert min(image.std() for image in photos) > 10
 
 
+def test_background_can_name_the_photos():
+    photos, _ = make_needles(4, image_size=64, seed=2, background="photos")
+    same, _ = make_needles(4, image_size=64, seed=2, background=list(BACKGROUND_PHOTOS))
+    np.testing.assert_array_equal(photos, same)
+    bricks, _ = make_needles(4, image_size=64, seed=2, background=("brick",),
+                             objects_per_image=(0, 0))
+    assert (bricks == bricks[..., :1]).all()  # brick is grey: the crops came from it
+    with pytest.raises(ValueError, match="no sample photo 'bricks'"):
+        make_needles(2, image_size=64, background=("brick", "bricks"))
+    with pytest.raises(ValueError, match="background"):
+        make_needles(2, image_size=64, background=())
+
+
 def test_photos_smaller_than_the_image_are_mirrored_out():
     # Wider than every one of BACKGROUND_PHOTOS (at most 640 px wide).
     images, _ = make_needles(len(BACKGROUND_PHOTOS), image_size=(64, 700), seed=0,
