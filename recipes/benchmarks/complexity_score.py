@@ -148,10 +148,12 @@ def main():
         columns = ["budget", "score", "object pixels in 8 px patches", "objects found",
                    "all pixels in 8 px patches", "objects / all", "patches / finest", "thresholds"]
         print(f"### {title}: {sum(map(len, objects))} objects\n\n{common.table(columns, rows)}\n", flush=True)
-    lines = [f"- {title.split(' (')[0]}, budget {fraction:.0%}: most object pixels {max(scores)[1]} "
-             f"({100 * max(scores)[0]:.1f}% of object pixels), worst {min(scores)[1]} "
-             f"({100 * min(scores)[0]:.1f}%)"
-             for (title, fraction), scores in best.items()]
+    lines = []
+    for (title, fraction), scores in best.items():
+        (most, first), (least, last) = max(scores), min(scores)
+        outcome = (f"all {100 * most:.1f}% of object pixels" if f"{most:.3f}" == f"{least:.3f}" else
+                   f"most object pixels {first} ({100 * most:.1f}%), fewest {last} ({100 * least:.1f}%)")
+        lines.append(f"- {title.split(' (')[0]}, budget {fraction:.0%}: {outcome}")
     print("\n".join(lines) + "\n", flush=True)
     images, _ = make_needles(args.batch, image_size=args.size, num_classes=args.classes, seed=args.seed,
                              background="photos")  # all of BACKGROUND_PHOTOS
