@@ -50,6 +50,17 @@ def test_several_sigmas_take_the_maximum():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_multi_scale_map_works_on_the_smallest_patcher_image():
+    # The map of docs/benchmarks.md ("Complexity scores"): sigma 4 has radius 16,
+    # within a 64 px image, the smallest the default patcher takes.
+    image = photo("astronaut")[200:264, 200:264]
+    layer = ComplexityMap(sigma=[1, 2, 4])
+    assert layer.min_image_size == 16
+    out = layer(image[None]).numpy()[0, ..., 0]
+    expected = np.max([reference(image, sigma) for sigma in (1.0, 2.0, 4.0)], axis=0)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_uint8_and_unit_float_agree(rng):
     image = rng.integers(0, 256, (1, 70, 90, 3), dtype=np.uint8)
     layer = ComplexityMap()

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dynpatch_tf.complexity import ComplexityMap
 from dynpatch_tf.data import image_folder_dataset
 from dynpatch_tf.needles import (
+    BACKGROUND_PHOTOS,
     NEEDLE_KINDS,
     OBJECT_SIZES,
     make_needles,
@@ -58,6 +60,84 @@ def test_class_is_carried_by_small_objects_only():
             assert contrast.max() > 60  # clearly visible
             outside[y0:y1, x0:x1] = False
         np.testing.assert_array_equal(image[outside], scene[outside])
+
+
+def test_masks_and_the_background_argument_leave_the_smooth_images_alone():
+    images, labels, objects = make_needles(6, image_size=96, seed=4, return_objects=True)
+    again, labels_again, masks = make_needles(
+        6, image_size=96, seed=4, background="smooth", return_masks=True)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, labels_again)
+    assert masks.shape == (6, 96, 96) and masks.dtype == bool
+    with pytest.raises(ValueError, match="background"):
+        make_needles(2, image_size=64, background="noise")
+
+
+def test_photo_backgrounds_are_seeded_and_keep_labels_and_objects():
+    images, labels, objects = make_needles(
+        6, image_size=128, seed=1, background="photos", return_objects=True)
+    again, labels_again, objects_again = make_needles(
+        6, image_size=128, seed=1, background="photos", return_objects=True)
+    other, _ = make_needles(6, image_size=128, seed=2, background="photos")
+    smooth, smooth_labels, smooth_objects = make_needles(
+        6, image_size=128, seed=1, return_objects=True)
+    np.testing.assert_array_equal(images, again)
+    assert objects == objects_again
+    assert np.abs(images.astype(int) - other).mean() > 5
+    # Only the scenes differ: same classes, same object places and sizes.
+    np.testing.assert_array_equal(labels, smooth_labels)
+    np.testing.assert_array_equal(labels, labels_again)
+    assert objects == smooth_objects
+    assert np.abs(images.astype(int) - smooth).mean() > 20
+
+
+def test_photo_masks_mark_the_visible_objects_and_nothing_else():
+    images, _, objects, masks = make_needles(
+        8, image_size=128, seed=3, background="photos", return_objects=True, return_masks=True)
+    scenes, _ = make_needles(8, image_size=128, seed=3, background="photos",
+                             objects_per_image=(0, 0))
+    for image, scene, drawn, mask in zip(images, scenes, objects, masks):
+        boxes = np.zeros(mask.shape, bool)
+        for _, y0, x0, y1, x1 in drawn:
+            boxes[y0:y1, x0:x1] = True
+            inside = mask[y0:y1, x0:x1]
+            assert inside.mean() > 0.15  # the thinnest kind, a ring of 8 px, covers ~0.4
+            contrast = np.abs(image[y0:y1, x0:x1].astype(int) - scene[y0:y1, x0:x1]).max(-1)
+            assert np.median(contrast[inside]) > 40  # the object is really there
+        assert not mask[~boxes].any()
+        np.testing.assert_array_equal(image[~boxes], scene[~boxes])
+
+
+def test_photo_backgrounds_are_textured():
+    cmap = ComplexityMap(sigma=1.0)
+    photos, _ = make_needles(8, image_size=128, seed=0, background="photos")
+    smooth, _ = make_needles(8, image_size=128, seed=0)
+    photo_mean = float(np.mean(cmap(photos)))
+    smooth_mean = float(np.mean(cmap(smooth)))
+    assert photo_mean > 5 * smooth_mean, (photo_mean, smooth_mean)
+    # Not flat grey either: the crops vary as much as photos do.
+    assert min(image.std() for image in photos) > 10
+
+
+def test_background_can_name_the_photos():
+    photos, _ = make_needles(4, image_size=64, seed=2, background="photos")
+    same, _ = make_needles(4, image_size=64, seed=2, background=list(BACKGROUND_PHOTOS))
+    np.testing.assert_array_equal(photos, same)
+    bricks, _ = make_needles(4, image_size=64, seed=2, background=("brick",),
+                             objects_per_image=(0, 0))
+    assert (bricks == bricks[..., :1]).all()  # brick is grey: the crops came from it
+    with pytest.raises(ValueError, match="no sample photo 'bricks'"):
+        make_needles(2, image_size=64, background=("brick", "bricks"))
+    with pytest.raises(ValueError, match="background"):
+        make_needles(2, image_size=64, background=())
+
+
+def test_photos_smaller_than_the_image_are_mirrored_out():
+    # Wider than every one of BACKGROUND_PHOTOS (at most 640 px wide).
+    images, _ = make_needles(len(BACKGROUND_PHOTOS), image_size=(64, 700), seed=0,
+                             background="photos", objects_per_image=(0, 0))
+    assert images.shape == (len(BACKGROUND_PHOTOS), 64, 700, 3)
+    assert min(image.std() for image in images) > 10
 
 
 def test_needles_dataset_yields_float_batches():
