@@ -181,7 +181,7 @@ class DynamicPatcher(keras.layers.Layer):
 
     def call(self, images, complexity):
         images = image_ops.prepare_images(images, self.base_size, self.validate)
-        complexity = self._check_complexity(images, complexity)
+        complexity = _checked_complexity(images, complexity, self.validate)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         images = image_ops.pad_to_multiple(images, self.base_size, height, width)
         complexity = image_ops.pad_to_multiple(complexity, self.base_size, height, width)
@@ -204,24 +204,6 @@ class DynamicPatcher(keras.layers.Layer):
             patch_fraction=expected / quadtree.finest_count(height, width, self.min_size),
         )
         return patches
-
-    # -- inputs -------------------------------------------------------------
-
-    def _check_complexity(self, images, complexity):
-        complexity = tf.cast(tf.convert_to_tensor(complexity), tf.float32)
-        if complexity.shape.rank != 4 or complexity.shape[-1] != 1:
-            raise ValueError(
-                f"complexity must have shape [batch, height, width, 1]; got {complexity.shape}."
-            )
-        if not self.validate:
-            return complexity
-        same = tf.debugging.assert_equal(
-            tf.shape(complexity)[:3],
-            tf.shape(images)[:3],
-            message="complexity must have the batch, height and width of images",
-        )
-        with tf.control_dependencies([same]):
-            return tf.identity(complexity)
 
     # -- patches ------------------------------------------------------------
 
@@ -305,6 +287,25 @@ def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budge
     if temperature <= 0:
         raise ValueError(f"temperature must be positive; got {temperature}.")
     return num_levels
+
+
+def _checked_complexity(images, complexity, validate):
+    """`complexity` as float32, after checking its rank and (when `validate`, in
+    the graph) that it has the batch, height and width of `images`."""
+    complexity = tf.cast(tf.convert_to_tensor(complexity), tf.float32)
+    if complexity.shape.rank != 4 or complexity.shape[-1] != 1:
+        raise ValueError(
+            f"complexity must have shape [batch, height, width, 1]; got {complexity.shape}."
+        )
+    if not validate:
+        return complexity
+    same = tf.debugging.assert_equal(
+        tf.shape(complexity)[:3],
+        tf.shape(images)[:3],
+        message="complexity must have the batch, height and width of images",
+    )
+    with tf.control_dependencies([same]):
+        return tf.identity(complexity)
 
 
 def _cut_patches(images, index, size):
