@@ -156,7 +156,7 @@ class DynamicPatchModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def patches(self, images):
+    def patches(self, images, training=None):
         """The patcher's output for `images`: the adaptive part of the model.
 
         The images are checked and converted to float once, here, then go
@@ -165,6 +165,7 @@ class DynamicPatchModel(keras.Model):
 
         Args:
             images: `[B, H, W, C]` uint8 or float images.
+            training: the patcher's mode (threshold jitter acts in training).
 
         Returns:
             `DynamicPatcher`'s dict (`pixels`, `boxes`, `levels`, `gates`, ...).
@@ -174,7 +175,7 @@ class DynamicPatchModel(keras.Model):
             self.build(tuple(images.shape))  # plain values: the build config is JSON
         min_image_size = max(self.patcher.base_size, self.complexity.min_image_size)
         images = image_ops.prepare_images(images, min_image_size, self.validate)
-        return self.patcher(images, self.complexity(images))
+        return self.patcher(images, self.complexity(images), training=training)
 
     def embed(self, images, training=False):
         """Embeddings of a batch of images.
@@ -195,7 +196,7 @@ class DynamicPatchModel(keras.Model):
               finest patches (what the penalty uses).
         """
         images = tf.convert_to_tensor(images)
-        patches = self.patches(images)
+        patches = self.patches(images, training=training)
         pixels = patches["pixels"]
         pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.embedder.compute_dtype))
         attention = self.attention(pixels, training=training)

@@ -30,6 +30,7 @@ OPTION_PARTS = {
     "thresholds": ("patcher",),
     "trainable_thresholds": ("patcher",),
     "threshold_rate": ("patcher",),
+    "threshold_jitter": ("patcher",),
     "token_size": ("patcher",),
     "rule": ("patcher",),
     "max_patches": ("patcher",),
@@ -51,6 +52,7 @@ def default_parts(
     thresholds=DEFAULT_THRESHOLDS,
     trainable_thresholds=True,
     threshold_rate=10.0,
+    threshold_jitter=0.0,
     token_size=16,
     embed_dim=64,
     rule="quadtree",
@@ -80,6 +82,9 @@ def default_parts(
         trainable_thresholds: whether training moves the thresholds.
         threshold_rate: how fast training moves the thresholds (see
             `DynamicPatcher`).
+        threshold_jitter: in training, scale the thresholds by a random
+            factor in `[exp(-j), exp(j)]` every step, so that one model
+            serves a range of budgets (see `DynamicPatcher`); 0 for none.
         token_size: side every patch is resampled to.
         embed_dim: size of the patch embeddings.
         rule: `"quadtree"`, `"block"` or `"budget"` (see `DynamicPatcher`).
@@ -116,7 +121,7 @@ def default_parts(
             base_size=base_size, min_size=min_size, thresholds=thresholds, token_size=token_size,
             rule=rule, max_patches=max_patches, budget=budget, temperature=temperature,
             trainable_thresholds=trainable_thresholds, threshold_rate=threshold_rate,
-            validate=False, dtype=dtype, name="patcher",
+            threshold_jitter=threshold_jitter, validate=False, dtype=dtype, name="patcher",
         ),
         "attention": lambda: PatchAttention(
             filters=attention_filters, activation=attention_activation, chunk_size=chunk_size,

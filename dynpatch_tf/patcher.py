@@ -18,6 +18,21 @@ count the image really costs (the soft count can sit far from it, e.g. at
 would then never bind), and its gradient flows through the soft
 probabilities, as the gates' does. For the block rule, a node's soft
 probability uses its base block's mean.
+
+Threshold jitter (`threshold_jitter=j`), as FlexiViT trains across patch
+sizes: thresholds change compute, not weights, so a model can be run at
+another budget by scaling its thresholds (`dynpatch tune --thresholds-only`),
+but only budgets it met in training serve it well. With `j > 0`, every call
+with `training=True` multiplies the thresholds by one random factor `exp(u)`,
+`u ~ Uniform(-j, j)` (`jittered_thresholds`): e.g. `j = 0.7` covers x0.5 to
+x2. One factor per call, shared by the levels and the images of the batch:
+a threshold scale is the one knob a budget sweep or `calibrate_thresholds`
+turns at inference, so training sees exactly the models those run, and the
+levels keep their order (a factor per level would train tree shapes that no
+inference setting gives). The factor is a constant to the gradient: the
+thresholds' straight-through gradient flows through it, times the factor.
+Inference (`training` False or None) never jitters. Under `rule="budget"`
+the thresholds decide nothing, so jitter changes only the soft probabilities.
 """
 
 import keras
@@ -88,6 +103,8 @@ class DynamicPatcher(keras.layers.Layer):
         temperature: softness of the split probabilities, on the complexity scale.
         trainable_thresholds: whether the thresholds are trained.
         threshold_rate: how fast training moves the thresholds (see above).
+        threshold_jitter: `j >= 0`; training calls scale the thresholds by a
+            random factor in `[exp(-j), exp(j)]` (module docstring).
         validate: check image values (NaN, Inf) and sizes when the graph runs.
         **kwargs: base `Layer` arguments.
 
@@ -95,6 +112,7 @@ class DynamicPatcher(keras.layers.Layer):
         images: `[B, H, W, C]` uint8 (0..255) or float (0..1), `C` in {1, 3},
             `H, W >= base_size`.
         complexity: `[B, H, W, 1]` float, e.g. from `ComplexityMap`.
+        training: jitter the thresholds (when `threshold_jitter > 0`).
 
     Returns:
         A dict:
@@ -130,6 +148,7 @@ class DynamicPatcher(keras.layers.Layer):
         temperature=0.005,
         trainable_thresholds=True,
         threshold_rate=10.0,
+        threshold_jitter=0.0,
         validate=True,
         **kwargs,
     ):
@@ -149,6 +168,9 @@ class DynamicPatcher(keras.layers.Layer):
         self.temperature = float(temperature)
         self.trainable_thresholds = trainable_thresholds
         self.threshold_rate = float(threshold_rate)
+        self.threshold_jitter = _checked_jitter(threshold_jitter)
+        # Made only with jitter: its state is a variable, which older saved models lack.
+        self.jitter_seed = keras.random.SeedGenerator() if self.threshold_jitter else None
         self.validate = validate
         self.sizes = [base_size >> level for level in range(self.num_levels)]
 
@@ -179,9 +201,9 @@ class DynamicPatcher(keras.layers.Layer):
         if self.built:
             self.log_thresholds.assign(np.log(self.initial_thresholds) / self.threshold_rate)
 
-    def call(self, images, complexity):
+    def call(self, images, complexity, training=None):
         images = image_ops.prepare_images(images, self.base_size, self.validate)
-        complexity = self._check_complexity(images, complexity)
+        complexity = _checked_complexity(images, complexity, self.validate)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         images = image_ops.pad_to_multiple(images, self.base_size, height, width)
         complexity = image_ops.pad_to_multiple(complexity, self.base_size, height, width)
@@ -189,6 +211,8 @@ class DynamicPatcher(keras.layers.Layer):
         inside = quadtree.inside_masks(means, self.base_size, height, width)
         scores = quadtree.split_scores(means, self.rule)
         thresholds = self.thresholds
+        if training and self.threshold_jitter:
+            thresholds = jittered_thresholds(thresholds, self.threshold_jitter, self.jitter_seed)
         probs = quadtree.split_probabilities(scores, thresholds, self.temperature)
         splits = quadtree.split_decisions(
             scores, thresholds, inside, self.rule, self.max_patches, self.budget
@@ -204,24 +228,6 @@ class DynamicPatcher(keras.layers.Layer):
             patch_fraction=expected / quadtree.finest_count(height, width, self.min_size),
         )
         return patches
-
-    # -- inputs -------------------------------------------------------------
-
-    def _check_complexity(self, images, complexity):
-        complexity = tf.cast(tf.convert_to_tensor(complexity), tf.float32)
-        if complexity.shape.rank != 4 or complexity.shape[-1] != 1:
-            raise ValueError(
-                f"complexity must have shape [batch, height, width, 1]; got {complexity.shape}."
-            )
-        if not self.validate:
-            return complexity
-        same = tf.debugging.assert_equal(
-            tf.shape(complexity)[:3],
-            tf.shape(images)[:3],
-            message="complexity must have the batch, height and width of images",
-        )
-        with tf.control_dependencies([same]):
-            return tf.identity(complexity)
 
     # -- patches ------------------------------------------------------------
 
@@ -280,10 +286,35 @@ class DynamicPatcher(keras.layers.Layer):
                 "temperature": self.temperature,
                 "trainable_thresholds": self.trainable_thresholds,
                 "threshold_rate": self.threshold_rate,
+                "threshold_jitter": self.threshold_jitter,
                 "validate": self.validate,
             }
         )
         return config
+
+
+def jittered_thresholds(thresholds, jitter, seed=None):
+    """`thresholds` times one random factor `exp(u)`, `u ~ Uniform(-jitter, jitter)`,
+    shared by all levels (see the module docstring for why one).
+
+    Args:
+        thresholds: `[L]` float32 thresholds.
+        jitter: the half-width of the log-space range, `>= 0`.
+        seed: a `keras.random.SeedGenerator` (a new draw each call, also in
+            `tf.function`), an int, or None for Keras' global generator.
+
+    Returns:
+        `[L]` float32; its gradient with respect to `thresholds` is the factor.
+    """
+    log_factor = keras.random.uniform((), -jitter, jitter, dtype="float32", seed=seed)
+    return thresholds * tf.exp(log_factor)
+
+
+def _checked_jitter(jitter):
+    jitter = float(jitter)
+    if not (np.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"threshold_jitter must be a finite number >= 0; got {jitter}.")
+    return jitter
 
 
 def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budget, temperature):
@@ -305,6 +336,25 @@ def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budge
     if temperature <= 0:
         raise ValueError(f"temperature must be positive; got {temperature}.")
     return num_levels
+
+
+def _checked_complexity(images, complexity, validate):
+    """`complexity` as float32, after checking its rank and (when `validate`, in
+    the graph) that it has the batch, height and width of `images`."""
+    complexity = tf.cast(tf.convert_to_tensor(complexity), tf.float32)
+    if complexity.shape.rank != 4 or complexity.shape[-1] != 1:
+        raise ValueError(
+            f"complexity must have shape [batch, height, width, 1]; got {complexity.shape}."
+        )
+    if not validate:
+        return complexity
+    same = tf.debugging.assert_equal(
+        tf.shape(complexity)[:3],
+        tf.shape(images)[:3],
+        message="complexity must have the batch, height and width of images",
+    )
+    with tf.control_dependencies([same]):
+        return tf.identity(complexity)
 
 
 def _cut_patches(images, index, size):

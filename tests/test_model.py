@@ -377,3 +377,14 @@ def test_budget_penalty_pulls_a_split_everything_start_down_to_the_budget():
     assert start > 0.9  # nearly every patch 8 px
     assert end <= 1.2 * budget, history["patches"]
     assert model.get_config()["patch_budget"] == budget
+
+
+def test_training_reaches_the_patcher_so_threshold_jitter_acts_in_fit():
+    x = stripes_task(2, seed=4)[0]
+    model = DynamicPatchModel(num_classes=2, threshold_jitter=1.0, thresholds=LOW_THRESHOLDS, **TINY)
+
+    def counts(training):
+        return tuple(model.embed(x, training=training)["boxes"].row_lengths().numpy().tolist())
+
+    assert len({counts(False) for _ in range(3)}) == 1
+    assert len({counts(True) for _ in range(6)}) > 1  # embed(training=True) is what fit runs

@@ -1,8 +1,10 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf import ComplexityMap, DynamicPatcher
+from dynpatch_tf import ComplexityMap, DynamicPatcher, DynamicPatchModel
+from dynpatch_tf.patcher import jittered_thresholds
 from tests.conftest import photo
 
 SMALL = (1e-4, 1e-4, 1e-4)
@@ -267,3 +269,78 @@ def test_config_round_trip():
     layer = DynamicPatcher(thresholds=(0.1, 0.2, 0.3), token_size=8, rule="block", max_patches=99)
     clone = DynamicPatcher.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+# -- threshold jitter ------------------------------------------------------------
+
+
+def counts(out):
+    return out["levels"].row_lengths().numpy()
+
+
+def test_jitter_varies_counts_in_training_only():
+    keras.utils.set_random_seed(0)  # the layer's SeedGenerator starts from Python's generator
+    images = real_batch()[:1]  # astronaut
+    complexity = ComplexityMap()(images)
+    plain = counts(DynamicPatcher()(images, complexity))[0]
+    layer = DynamicPatcher(threshold_jitter=0.7)
+    trained = [counts(layer(images, complexity, training=True))[0] for _ in range(12)]
+    assert len(set(trained)) > 3
+    assert min(trained) < plain < max(trained)  # budgets on both sides of the un-jittered one
+    for training in (None, False):
+        for _ in range(3):
+            np.testing.assert_array_equal(counts(layer(images, complexity, training=training)), [plain])
+
+
+def test_jitter_in_tf_function_draws_anew_each_call():
+    keras.utils.set_random_seed(0)
+    images = real_batch()[:1, :256, :256]
+    complexity = ComplexityMap()(images)
+    layer = DynamicPatcher(threshold_jitter=0.7)
+    count = tf.function(lambda x, c: layer(x, c, training=True)["levels"].row_lengths())
+    assert len({int(count(images, complexity)[0]) for _ in range(8)}) > 2
+
+
+def test_jitter_factor_is_shared_by_levels_and_spans_its_range():
+    thresholds = tf.constant([0.002, 0.004, 0.008])
+    seed = keras.random.SeedGenerator(0)
+    factors = np.stack([(jittered_thresholds(thresholds, 0.5, seed) / thresholds).numpy() for _ in range(400)])
+    np.testing.assert_allclose(factors, factors[:, :1].repeat(3, 1), rtol=1e-6)  # one factor per call
+    logs = np.log(factors[:, 0])
+    assert logs.min() >= -0.5 - 1e-6 and logs.max() <= 0.5 + 1e-6
+    assert logs.min() < -0.45 and logs.max() > 0.45  # uniform in log space: reaches both ends
+    np.testing.assert_array_equal(jittered_thresholds(thresholds, 0.0, seed).numpy(), thresholds.numpy())
+
+
+def test_jitter_keeps_the_gradient_to_thresholds():
+    images = real_batch()[:1, :256, :256]
+    complexity = ComplexityMap()(images)
+    layer = DynamicPatcher(thresholds=(0.02, 0.02, 0.02), temperature=0.01, threshold_jitter=0.5)
+    with tf.GradientTape() as tape:
+        expected = tf.reduce_sum(layer(images, complexity, training=True)["expected_patches"])
+    grad = tape.gradient(expected, layer.log_thresholds).numpy()
+    assert np.isfinite(grad).all() and np.abs(grad).sum() > 0 and (grad <= 0).all()
+    # d(jittered)/d(thresholds) is the factor itself.
+    thresholds = tf.constant([0.002, 0.004, 0.008])
+    with tf.GradientTape() as tape:
+        tape.watch(thresholds)
+        jittered = jittered_thresholds(thresholds, 0.5, keras.random.SeedGenerator(1))
+        total = tf.reduce_sum(jittered)
+    np.testing.assert_allclose(tape.gradient(total, thresholds).numpy(), (jittered / thresholds).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("jitter", [-0.1, float("nan")])
+def test_bad_jitter_is_named(jitter):
+    with pytest.raises(ValueError, match="threshold_jitter must be"):
+        DynamicPatcher(threshold_jitter=jitter)
+
+
+def test_jitter_config_round_trip_and_model_option():
+    layer = DynamicPatcher(threshold_jitter=0.7)
+    clone = DynamicPatcher.from_config(layer.get_config())
+    assert clone.threshold_jitter == 0.7 and clone.get_config() == layer.get_config()
+    assert DynamicPatcher().jitter_seed is None  # no seed state without jitter
+    model = DynamicPatchModel(num_classes=2, threshold_jitter=0.5)
+    assert model.patcher.threshold_jitter == 0.5
+    rebuilt = DynamicPatchModel.from_config(model.get_config())
+    assert rebuilt.patcher.threshold_jitter == 0.5

@@ -30,9 +30,7 @@ patches per image to docs/accuracy_vs_patches.png (NumPy drawing, PNG by
 
 import os
 import tempfile
-import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -47,15 +45,7 @@ PLOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 
 def options():
-    parser = common.parser(__doc__)
-    parser.add_argument("--size", type=int, default=256, help="image side")
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--train", type=int, default=256, help="training images")
-    parser.add_argument("--val", type=int, default=128, help="validation images")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = common.training_flags(common.parser(__doc__))
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                         help="dynamic variants: the default thresholds times each")
     parser.add_argument("--plot", default=PLOT, help="PNG to write")
@@ -77,16 +67,8 @@ def train(model, data, args):
     (x, y), (xv, yv) = data
     # Smoke runs of a few steps skip tracing the train and test steps (eager).
     compile_classifier(model, args.learning_rate, run_eagerly=args.smoke)
-    marks = []  # (start, end) of each epoch
-    clock = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: marks.append([time.perf_counter()]),
-        on_epoch_end=lambda epoch, logs: marks[-1].append(time.perf_counter()),
-    )
-    history = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, validation_data=(xv, yv),
-                        verbose=0, callbacks=[clock]).history
+    history, seconds = common.timed_fit(model, x, y, args, validation_data=(xv, yv))
     patches = history["val_patches"][-1] if "val_patches" in history else None
-    # The first epoch also traces the train and test steps: the later ones give the cost.
-    seconds = float(np.median([end - start for start, end in marks[1:] or marks]))
     return history["val_accuracy"][-1], patches, seconds
 
 

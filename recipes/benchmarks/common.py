@@ -44,6 +44,20 @@ def parser(doc):
     return result
 
 
+def training_flags(parser, size=256, epochs=5):
+    """Adds the flags of a needles training run (the accuracy scripts): image side,
+    classes, training and validation images, epochs, batch, learning rate, seed."""
+    parser.add_argument("--size", type=int, default=size, help="image side")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--train", type=int, default=256, help="training images")
+    parser.add_argument("--val", type=int, default=128, help="validation images")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
 def header(title, notes=()):
     """Print the Markdown section header: title, command, date, machine."""
     command = "python " + " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
@@ -189,6 +203,22 @@ def level_counts(model, images, batch=8):
 
 
 # -- timing --------------------------------------------------------------------
+
+
+def timed_fit(model, x, y, args, **kwargs):
+    """`model.fit` with `args.batch` and `args.epochs` (and `kwargs`), quietly.
+
+    Returns:
+        `(history dict, seconds per epoch)`: the median over the epochs after
+        the first, which also traces the train and test steps.
+    """
+    marks = []  # (start, end) of each epoch
+    clock = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: marks.append([time.perf_counter()]),
+        on_epoch_end=lambda epoch, logs: marks[-1].append(time.perf_counter()),
+    )
+    history = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, verbose=0, callbacks=[clock], **kwargs)
+    return history.history, float(np.median([end - start for start, end in marks[1:] or marks]))
 
 
 def time_calls(functions, batches, repeats, warmup=1):
