@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS  # noqa: E402
 
 VARIANTS = {
     "base (defaults)": {},
@@ -38,17 +39,12 @@ VARIANTS = {
 
 
 def model_for(variant, num_classes):
-    defaults = DynamicPatchModel(num_classes=num_classes).get_config()
     settings = dict(variant)
     scale = settings.pop("thresholds_scale", 1.0)
-    settings["thresholds"] = [t * scale for t in defaults["thresholds"]]
+    settings["thresholds"] = [t * scale for t in DEFAULT_THRESHOLDS]
     keras.utils.set_random_seed(0)
     model = DynamicPatchModel(num_classes=num_classes, **settings)
-    model.compile(
-        keras.optimizers.Adam(1e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))  # the model's default loss and metrics
     return model
 
 

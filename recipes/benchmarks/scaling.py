@@ -37,11 +37,11 @@ import time
 import numpy as np
 
 import common
-from dynpatch_tf import DynamicPatchModel  # after common, which quiets TensorFlow
+from dynpatch_tf import default_parts  # after common, which quiets TensorFlow
 from dynpatch_tf.image_files import sample_photo
 
 MB = 1 << 20
-DEFAULT_CHUNK = inspect.signature(DynamicPatchModel).parameters["chunk_size"].default
+DEFAULT_CHUNK = inspect.signature(default_parts).parameters["chunk_size"].default
 
 
 def options():
