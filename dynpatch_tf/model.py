@@ -95,6 +95,8 @@ class DynamicPatchModel(keras.Model):
         super().__init__(**kwargs)
         parts = dict(zip(PART_NAMES, (complexity, patcher, attention, embedder, position, head)))
         check_options(options, [name for name, part in parts.items() if part is not None])
+        if embedder is not None:  # a default position encoding takes the given embedder's size
+            options.setdefault("embed_dim", embedder.embed_dim)
         missing = [name for name, part in parts.items() if part is None]
         parts.update(default_parts(include=missing, dtype=self.dtype_policy, **options))
         for name, part in parts.items():  # position=False: no position encoding

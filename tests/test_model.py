@@ -317,6 +317,15 @@ def test_parts_are_composed_and_serialised_nested(tmp_path):
     np.testing.assert_allclose(loaded(x), expected, atol=1e-6)
 
 
+def test_default_parts_fit_a_given_embedder():
+    from dynpatch_tf import PatchEmbedder
+
+    model = DynamicPatchModel(embedder=PatchEmbedder(embed_dim=12, width_multiplier=0.25),
+                              head=keras.layers.Dense(2), token_size=8)
+    out = model(tiny_data(2)[0])
+    assert model.position.dim == 12 and out.shape == (2, 2)
+
+
 def test_options_for_a_part_passed_as_an_object_are_refused():
     from dynpatch_tf import DynamicPatcher
 
