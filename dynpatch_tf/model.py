@@ -240,30 +240,31 @@ class DynamicPatchModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred, outputs = self._forward(x, training=True)
-            loss = self._step_loss(x, y, y_pred, outputs, sample_weight, training=True)
+            penalty = self.penalty(outputs["patch_fraction"])
+            loss = self._step_loss(x, y, y_pred, penalty, sample_weight, training=True)
             scaled = self.optimizer.scale_loss(loss)
         weights = self.trainable_weights
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
-        return self._step_metrics(x, y, y_pred, outputs, loss, sample_weight)
+        return self._step_metrics(x, y, y_pred, outputs, penalty, loss, sample_weight)
 
     def test_step(self, data):
         """Keras' test step, plus the penalty in the loss and its metrics."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred, outputs = self._forward(x, training=False)
-        loss = self._step_loss(x, y, y_pred, outputs, sample_weight, training=False)
-        return self._step_metrics(x, y, y_pred, outputs, loss, sample_weight)
+        penalty = self.penalty(outputs["patch_fraction"])
+        loss = self._step_loss(x, y, y_pred, penalty, sample_weight, training=False)
+        return self._step_metrics(x, y, y_pred, outputs, penalty, loss, sample_weight)
 
-    def _step_loss(self, x, y, y_pred, outputs, sample_weight, training):
+    def _step_loss(self, x, y, y_pred, penalty, sample_weight, training):
         """The compiled loss plus the penalty, per replica (as Keras scales losses)."""
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        penalty = self.penalty(outputs["patch_fraction"]) / replicas
+        penalty = penalty / tf.distribute.get_strategy().num_replicas_in_sync
         return penalty if loss is None else tf.cast(loss, tf.float32) + penalty
 
-    def _step_metrics(self, x, y, y_pred, outputs, loss, sample_weight):
+    def _step_metrics(self, x, y, y_pred, outputs, penalty, loss, sample_weight):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
-        self.penalty_tracker.update_state(self.penalty(outputs["patch_fraction"]))
+        self.penalty_tracker.update_state(penalty)
         self.patches_tracker.update_state(tf.cast(outputs["boxes"].row_lengths(), tf.float32))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
