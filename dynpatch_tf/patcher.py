@@ -10,7 +10,9 @@ soft probability `sigmoid((mean - threshold) / temperature)` of every node
 carries the gradient by a straight-through estimator
 (`quadtree.straight_through`): each patch's `gates` value is exactly 1, and
 multiplying the patch's weight by it lets the task loss reach the
-thresholds. `expected_patches`, for the subdivision penalty, is the
+thresholds, with the gradient of the patch region's share of the weighted
+mean (`quadtree.straight_through_gates`: an unsplit node learns what its
+children would add, a split one what merging would take away). `expected_patches`, for the subdivision penalty, is the
 expected patch count down the tree (`quadtree.expected_patch_count`) of the
 same straight-through indicators: its value is the hard patch count, the
 count the image really costs (the soft count can sit far from it, e.g. at
@@ -218,7 +220,7 @@ class DynamicPatcher(keras.layers.Layer):
             scores, thresholds, inside, self.rule, self.max_patches, self.budget
         )
         leaves = quadtree.leaf_masks(splits, inside)
-        gates = quadtree.straight_through_gates(splits, probs)
+        gates = quadtree.straight_through_gates(probs, inside)
         patches = self._merge_levels(images, leaves, gates, height, width)
         # Value: the hard patch count; gradient: the soft count's (see the class docstring).
         expected = quadtree.expected_patch_count(quadtree.straight_through(splits, probs), inside)

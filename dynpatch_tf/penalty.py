@@ -29,10 +29,16 @@ def subdivision_penalty(patch_fraction, weight, budget=None):
 
     Scale: the penalty is in the task loss's units (nats for cross-entropy).
     In the budget form, `w = 1` makes a count of twice the budget cost 1 nat,
-    as much as a wrong guess among e classes, so a budget holds against a
-    task loss near 1 when `w` is about 1 to 10. The linear form's gradient is
-    `w` per unit of fraction, a small number next to the task loss's unless
-    `w` is of order 1 or more.
+    as much as a wrong guess among e classes. With Adam, what matters is the
+    penalty's gradient on the thresholds beside the task loss's, not its
+    size: measured on needles (`docs/notes.md`), `w = 0.03` was too weak to
+    reach a budget of 0.15 from a split-everything start in 24 epochs, and
+    every `w` from 0.1 to 5 reached it by about epoch 15 and then settled
+    20-30% below it (over-budget batches take full steps down, the others
+    small task-driven steps up). Start near the budget (`calibrate_thresholds`)
+    and use `w` of about 0.1-1; a budget far below what the task wants, with a
+    large `w`, can push every split away for good. The linear form's gradient
+    is `w` per unit of fraction.
 
     Args:
         patch_fraction: `[B]` float, as `DynamicPatchModel.embed` returns it.

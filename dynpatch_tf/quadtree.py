@@ -318,27 +318,44 @@ def straight_through(splits, probs):
     return [tf.cast(split, tf.float32) + (prob - tf.stop_gradient(prob)) for split, prob in zip(splits, probs)]
 
 
-def straight_through_gates(splits, probs):
-    """Straight-through gates per level: value 1 on leaves, gradient of the soft splits.
+def straight_through_gates(probs, inside):
+    """Straight-through gates per level: value 1 on leaves, gradient of the region's share.
 
-    A node's gate is the product of its ancestors' `straight_through`
-    indicators `s` and its own `1 - s_l` (the finest level has no `1 - s`
-    factor). On a leaf every factor's value is 1, so the gate's value is
-    exactly 1; multiplying a patch's weight by it lets the task loss reach the
-    thresholds.
+    A patch's gate multiplies its weight in the attention-weighted mean, so its
+    gradient says whether the image would be better off with more or less of
+    that patch's region in the mean. Splitting a node replaces one patch by
+    its `c` children inside the image, so the region weighs `c` times as much;
+    merging a split parent leaves each of its children `1 / c` of one patch.
+    The gate is therefore, with `r_l = p_l - stop_gradient(p_l)` (value 0,
+    gradient of the soft split probability):
+
+        gate = (1 + (c_l - 1) * r_l) * prod over ancestors k of (1 + (1 - 1 / c_k) * r_k)
+
+    (the finest level has no own factor). Its value is exactly 1; its first
+    order is the change in the region's weight when the node or an ancestor
+    flips. Summed over an image's leaves, the own and parent factors give the
+    change in the patch count, the gradient that `expected_patch_count`'s
+    straight-through count has. Both sides of every decision get a gradient:
+    an unsplit node learns from what its children would add, and a split one
+    from what merging would take away. (Gates of the form
+    `ancestors * (1 - s_l)` value only the patches that exist, so they
+    reward whatever the tree already does, and on needles they raised the
+    thresholds with no penalty at all: `docs/notes.md`.)
 
     Args:
-        splits: per split level `[B, h_l, w_l]` bool, a consistent tree.
         probs: per split level `[B, h_l, w_l]` float32, from `split_probabilities`.
+        inside: per level `[1, h_l, w_l]` bool, from `inside_masks`.
 
     Returns:
         A list of `num_levels` tensors `[B, h_l, w_l]` float32; read them on the
-        leaves (elsewhere the value is 0 or 1 and means nothing).
+        leaves.
     """
     gates, ancestors = [], tf.ones_like(probs[0])
-    for straight in straight_through(splits, probs):
-        gates.append(ancestors * (1.0 - straight))
-        ancestors = upsample(ancestors * straight, 2)
+    for prob, child in zip(probs, inside[1:]):
+        rest = prob - tf.stop_gradient(prob)
+        children = tf.maximum(tf.cast(children_inside(child), tf.float32), 1.0)
+        gates.append(ancestors * (1.0 + (children - 1.0) * rest))
+        ancestors = upsample(ancestors * (1.0 + (1.0 - 1.0 / children) * rest), 2)
     gates.append(ancestors)
     return gates
 

@@ -256,30 +256,59 @@ def test_rule_arguments_are_checked():
         quadtree.split_scores([tf.zeros((1, 1, 1))], "grid")
 
 
-def test_gates_are_one_with_the_gradient_of_the_soft_splits(rng):
+def reference_gate_gradients(leaves, inside, weights):
+    """d(sum over leaves of weight * gate) / d(prob) per split level, in NumPy, from
+    the definition: a leaf's own node gets `(c - 1) * weight`, each ancestor `k`
+    `(1 - 1 / c_k) * weight`, with `c` the node's children inside the image."""
+    def children(level):
+        child = inside[level + 1][0].astype(int)
+        h, w = child.shape
+        return np.maximum(child.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3)), 1)
+
+    grads = [np.zeros(leaves[level].shape) for level in range(len(leaves) - 1)]
+    for level, leaf in enumerate(leaves):
+        for b, i, j in zip(*np.nonzero(leaf)):
+            if level < len(grads):
+                grads[level][b, i, j] += (children(level)[i, j] - 1) * weights[level][b, i, j]
+            for k in range(level):
+                ai, aj = i >> (level - k), j >> (level - k)
+                grads[k][b, ai, aj] += (1 - 1 / children(k)[ai, aj]) * weights[level][b, i, j]
+    return grads
+
+
+def test_gates_are_one_with_the_gradient_of_the_region_share(rng):
     scores, inside = random_tree(rng)
-    thresholds = tf.Variable([0.4, 0.5, 0.6])
-    weights = [tf.constant(rng.random((2,) + tuple(m.shape[1:])), tf.float32) for m in inside]
-    with tf.GradientTape(persistent=True) as tape:
-        probs = quadtree.split_probabilities(scores, thresholds, 0.1)
-        splits = quadtree.split_decisions(scores, thresholds, inside, "quadtree")
-        leaves = quadtree.leaf_masks(splits, inside)
-        gates = quadtree.straight_through_gates(splits, probs)
-        gated = sum(
-            tf.reduce_sum(tf.where(leaf, gate * w, 0.0)) for leaf, gate, w in zip(leaves, gates, weights)
-        )
-        # First order in the probabilities: a leaf's gate moves with its ancestors'
-        # split probabilities and against its own.
-        soft = 0.0
-        for level, (leaf, w) in enumerate(zip(leaves, weights)):
-            ancestors = sum(quadtree.upsample(probs[k], 2 ** (level - k)) for k in range(level))
-            own = probs[level] if level < len(probs) else 0.0
-            soft += tf.reduce_sum(tf.where(leaf, w * (ancestors - own), 0.0))
+    splits = quadtree.split_decisions(scores, tf.constant([0.4, 0.5, 0.6]), inside, "quadtree")
+    leaves = [leaf.numpy() for leaf in quadtree.leaf_masks(splits, inside)]
+    weights = [rng.random(leaf.shape) for leaf in leaves]
+    probs = [tf.Variable(rng.random(score.shape), dtype=tf.float32) for score in scores]
+    with tf.GradientTape() as tape:
+        gates = quadtree.straight_through_gates(probs, inside)
+        gated = sum(tf.reduce_sum(tf.where(leaf, gate * w, 0.0)) for leaf, gate, w in zip(leaves, gates, weights))
     for leaf, gate in zip(leaves, gates):
-        np.testing.assert_array_equal(tf.boolean_mask(gate, leaf).numpy(), 1.0)
-    grad = tape.gradient(gated, thresholds).numpy()
-    assert np.abs(grad).min() > 0
-    np.testing.assert_allclose(grad, tape.gradient(soft, thresholds).numpy(), rtol=1e-5)
+        np.testing.assert_array_equal(gate.numpy()[leaf], 1.0)
+    expected = reference_gate_gradients(leaves, [m.numpy() for m in inside], weights)
+    for grad, reference in zip(tape.gradient(gated, probs), expected):
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-5, atol=1e-6)
+    assert all(np.abs(r).max() > 0 for r in expected)
+
+
+def test_gates_summed_over_leaves_move_like_the_patch_count_at_unsplit_nodes(rng):
+    # An unsplit node's split adds its children and removes itself: the leaves'
+    # gates must see the same change as the straight-through count does.
+    scores, inside = random_tree(rng)
+    splits = quadtree.split_decisions(scores, tf.constant([0.4, 0.5, 0.6]), inside, "quadtree")
+    leaves = quadtree.leaf_masks(splits, inside)
+    probs = [tf.Variable(rng.random(score.shape), dtype=tf.float32) for score in scores]
+    with tf.GradientTape(persistent=True) as tape:
+        gates = quadtree.straight_through_gates(probs, inside)
+        gate_sum = sum(tf.reduce_sum(tf.where(leaf, gate, 0.0)) for leaf, gate in zip(leaves, gates))
+        count = tf.reduce_sum(quadtree.expected_patch_count(quadtree.straight_through(splits, probs), inside))
+    for level, prob in enumerate(probs):
+        unsplit = (leaves[level] & inside[level]).numpy()
+        assert unsplit.any()
+        np.testing.assert_allclose(tape.gradient(gate_sum, prob).numpy()[unsplit],
+                                   tape.gradient(count, prob).numpy()[unsplit], rtol=1e-5)
 
 
 def test_expected_count_matches_a_recursive_reference(rng):
