@@ -26,6 +26,7 @@ from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder  # noqa: E402
 from dynpatch_tf.model import DynamicPatchModel  # noqa: E402
 from dynpatch_tf.needles import make_needles, needles_dataset, write_needles_folder  # noqa: E402
 from dynpatch_tf.parts import default_parts  # noqa: E402
+from dynpatch_tf.patch_transformer import PatchTransformerHead  # noqa: E402
 from dynpatch_tf.patcher import DynamicPatcher  # noqa: E402
 from dynpatch_tf.position import PatchPositionEncoding  # noqa: E402
 
@@ -41,6 +42,7 @@ __all__ = [
     "PatchAttention",
     "PatchEmbedder",
     "PatchPositionEncoding",
+    "PatchTransformerHead",
     "SkippedFile",
     "calibrate_thresholds",
     "image_folder_dataset",

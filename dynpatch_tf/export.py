@@ -27,6 +27,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dynpatch_tf.patch_ops import padded_patches
+
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "predict_bytes"
 IMAGES_INPUT = "images"
@@ -62,38 +64,20 @@ def serving_outputs(model, images, max_patches=None):
     TensorShape([2, 6, 16])
     """
     embedded = model.embed(images)
-    boxes = embedded["boxes"]
-    rows = tf.cast(boxes.value_rowids(), tf.int32)
-    # Integer counts: exact and deterministic in any order. (boxes.row_lengths()
-    # would need the bincount that built the row splits, which TFLite lacks.)
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(rows), rows, tf.shape(images)[0])
-    # max(..., 0): the largest count of an empty batch is the lowest int32.
-    longest = tf.maximum(tf.reduce_max(counts), 0) if max_patches is None else max_patches
-    slots = tf.range(longest)
-    mask = slots[None, :] < counts[:, None]
-    # Slot m of image b holds its flat patch starts[b] + m; slots past its count are masked.
-    starts = tf.cumsum(counts, exclusive=True)
-    index = tf.minimum(starts[:, None] + slots[None, :], tf.size(rows) - 1)
-    pooled = tf.cast(embedded["pooled_embedding"], tf.float32)
+    embeddings = embedded["patch_embeddings"]
+    embeddings = embeddings.with_values(tf.cast(embeddings.values, tf.float32))
+    patch_embeddings, mask, counts = padded_patches(embeddings, max_patches)
     outputs = {
-        "pooled_embedding": pooled,
+        "pooled_embedding": tf.cast(embedded["pooled_embedding"], tf.float32),
         "num_patches": counts,
-        "patch_embeddings": _pad(
-            tf.cast(embedded["patch_embeddings"].values, tf.float32), index, mask
-        ),
-        "boxes": _pad(boxes.values, index, mask),
+        "patch_embeddings": patch_embeddings,
+        "boxes": padded_patches(embedded["boxes"], max_patches)[0],
         "patch_mask": mask,
     }
     if model.head is not None:
-        logits = tf.cast(model.head(pooled), tf.float32)
+        logits = tf.cast(model.head_output(embedded), tf.float32)
         outputs.update(logits=logits, probabilities=tf.nn.softmax(logits))
     return outputs
-
-
-def _pad(values, index, mask):
-    """Flat per-patch values `[n, K]` -> `[B, M, K]`: `values[index]` where `mask`, else 0."""
-    gathered = tf.gather(values, index)
-    return tf.where(mask[:, :, None], gathered, tf.zeros_like(gathered))
 
 
 def decode_images(image_bytes, size):

@@ -60,8 +60,10 @@ class DynamicPatchModel(keras.Model):
         position: a `PatchPositionEncoding` (or a layer with its call
             signature), None for the default, or False for none.
         head: a layer mapping the pooled embedding `[B, D]` to logits, or
-            None for the default (`Dense(num_classes)`, or no head when
-            `num_classes` is None).
+            one with `reads_patches = True` (`PatchTransformerHead`) mapping
+            the patch embeddings `[B, (N), D]`; None for the default
+            (`head_type`: `"pooled"`, `Dense(num_classes)` on the pooled
+            embedding, or `"transformer"`; no head when `num_classes` is None).
         penalty_weight: weight of the subdivision penalty (0: off).
         patch_budget: None for the linear penalty, or a patch fraction in
             (0, 1] for the budget form (see `subdivision_penalty`).
@@ -127,7 +129,8 @@ class DynamicPatchModel(keras.Model):
         if self.position is not None:
             shapes.append((self.position, ((None, 4), (2,))))
         if self.head is not None:
-            shapes.append((self.head, ((None, self.embedder.embed_dim),)))
+            head_shape = (None, None) if _reads_patches(self.head) else (None,)
+            shapes.append((self.head, (head_shape + (self.embedder.embed_dim,),)))
         for layer, args in shapes:
             if not layer.built:
                 layer.build(*args)
@@ -232,8 +235,17 @@ class DynamicPatchModel(keras.Model):
     def _forward(self, images, training):
         """`(head output, embed's dict)`: what `call` returns and what the steps log."""
         outputs = self.embed(images, training=training)
-        pooled = outputs["pooled_embedding"]
-        return (pooled if self.head is None else self.head(pooled)), outputs
+        return self.head_output(outputs, training=training), outputs
+
+    def head_output(self, embedded, training=False):
+        """The head on `embed`'s dict: on the patch embeddings for a head that
+        reads patches (`PatchTransformerHead`), else on the pooled embedding;
+        the pooled embedding itself when the model has no head."""
+        if self.head is None:
+            return embedded["pooled_embedding"]
+        if _reads_patches(self.head):
+            return self.head(embedded["patch_embeddings"], training=training)
+        return self.head(embedded["pooled_embedding"])
 
     def train_step(self, data):
         """Keras' train step, plus the penalty in the loss and its metrics."""
@@ -288,6 +300,11 @@ class DynamicPatchModel(keras.Model):
 
 # Arguments of `keras.Model` itself; every other keyword is a part option.
 _MODEL_ARGUMENTS = ("name", "dtype", "trainable", "autocast")
+
+
+def _reads_patches(head):
+    """Whether `head` takes the patch embeddings (`PatchTransformerHead`) rather than the pooled one."""
+    return getattr(head, "reads_patches", False)
 
 
 def _serialize(layer):

@@ -18,6 +18,7 @@ import keras
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.complexity import ComplexityMap
 from dynpatch_tf.embedder import PatchEmbedder
+from dynpatch_tf.patch_transformer import PatchTransformerHead
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
 from dynpatch_tf.position import PatchPositionEncoding
 
@@ -26,6 +27,7 @@ PART_NAMES = ("complexity", "patcher", "attention", "embedder", "position", "hea
 # The parts that each option of `default_parts` configures.
 OPTION_PARTS = {
     "num_classes": ("head",),
+    "head_type": ("head",),
     "sigma": ("complexity",),
     "thresholds": ("patcher",),
     "trainable_thresholds": ("patcher",),
@@ -49,6 +51,7 @@ OPTION_PARTS = {
 
 def default_parts(
     num_classes=None,
+    head_type="pooled",
     thresholds=DEFAULT_THRESHOLDS,
     trainable_thresholds=True,
     threshold_rate=10.0,
@@ -76,8 +79,11 @@ def default_parts(
     (`validate=False`): the model checks and converts the images once.
 
     Args:
-        num_classes: classes of the Dense head; None for no head (an
-            embedding model).
+        num_classes: classes of the head; None for no head (an embedding
+            model).
+        head_type: `"pooled"`, a Dense layer on the attention-weighted mean of
+            the patch embeddings, or `"transformer"`, a `PatchTransformerHead`
+            (one self-attention block over the patch embeddings).
         thresholds: the patcher's initial thresholds, one per split level.
         trainable_thresholds: whether training moves the thresholds.
         threshold_rate: how fast training moves the thresholds (see
@@ -134,7 +140,7 @@ def default_parts(
         "position": lambda: (
             PatchPositionEncoding(embed_dim, dtype=dtype, name="position") if position_encoding else None
         ),
-        "head": lambda: keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None,
+        "head": lambda: _head(num_classes, head_type),
     }
     return {name: makers[name]() for name in include}
 
@@ -159,3 +165,17 @@ def check_options(options, given_parts):
                 f"{'they were' if len(parts) > 1 else 'it was'} passed as an object: "
                 "set it on the part you pass."
             )
+
+
+HEAD_TYPES = ("pooled", "transformer")
+
+
+def _head(num_classes, head_type):
+    """The default head: None without classes, else a float32 head of `head_type`."""
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"head_type must be one of {HEAD_TYPES}; got {head_type!r}.")
+    if not num_classes:
+        return None
+    if head_type == "transformer":
+        return PatchTransformerHead(num_classes, name="head")
+    return keras.layers.Dense(num_classes, dtype="float32", name="head")

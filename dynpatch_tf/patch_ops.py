@@ -153,6 +153,37 @@ def row_sums(values, ragged):
     return tf.pad(sums, [[0, missing]] + [[0, 0]] * (sums.shape.rank - 1))
 
 
+def padded_patches(ragged, longest=None):
+    """Per-patch values of a ragged `[B, (N), ...]` as a dense `[B, M, ...]` batch and its mask.
+
+    Built from the row ids with ops that TFLite has (unlike `to_tensor` or
+    `row_lengths` on a tensor built from row ids, which need `bincount`).
+
+    Args:
+        ragged: a RaggedTensor `[B, (N), ...]` with ragged_rank 1.
+        longest: the padded length `M`; None pads to the largest patch count
+            in the batch. Patches past `M` are left out.
+
+    Returns:
+        `(padded, mask, counts)`: `padded` `[B, M, ...]` with zeros past an
+        image's patches, `mask` `[B, M]` bool (True for real patches), and
+        `counts` `[B]` int32, every image's patch count.
+    """
+    rows = tf.cast(ragged.value_rowids(), tf.int32)
+    # Integer counts: exact and deterministic in any order.
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(rows), rows, ragged.nrows(out_type=tf.int32))
+    # max(..., 0): the largest count of an empty batch is the lowest int32.
+    longest = tf.maximum(tf.reduce_max(counts), 0) if longest is None else longest
+    slots = tf.range(longest)
+    mask = slots[None, :] < counts[:, None]
+    # Slot m of image b holds its flat patch starts[b] + m; slots past its count are masked.
+    starts = tf.cumsum(counts, exclusive=True)
+    index = tf.minimum(starts[:, None] + slots[None, :], tf.size(rows) - 1)
+    gathered = tf.gather(ragged.values, index)
+    expanded = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([gathered.shape.rank - 2], tf.int32)], 0))
+    return tf.where(expanded, gathered, tf.zeros_like(gathered)), mask, counts
+
+
 def weighted_mean(values, weights, ragged):
     """Per-image mean of `values` `[n, D]` weighted by `weights` `[n]`: `[B, D]` float32.
 

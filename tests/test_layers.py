@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from dynpatch_tf import (
     ComplexityMap, DynamicPatcher, InvertedResidual, PatchAttention, PatchEmbedder,
-    PatchPositionEncoding,
+    PatchPositionEncoding, PatchTransformerHead,
 )
 from dynpatch_tf.augment import RandomCornerWarp
 from tests.layer_testing import POLICIES, LayerInputs, ragged_pixels, run_layer_test
@@ -67,6 +67,14 @@ FEATURES = LayerInputs(lambda n, seed: random_images((n, 8, 8, 8), seed), [3, 1]
 BOXES = LayerInputs(boxes_and_size, [5, 1, 0],
                     [tf.TensorSpec([None, 4], tf.int32), tf.TensorSpec([2], tf.int32)])
 
+def ragged_embeddings(row_lengths, seed):
+    values = np.random.default_rng(seed).normal(size=(sum(row_lengths), 8)).astype("float32")
+    return (tf.RaggedTensor.from_row_lengths(values, tf.constant(row_lengths, tf.int64)),)
+
+
+EMBEDDINGS = LayerInputs(ragged_embeddings, ROW_LENGTHS,
+                         [tf.RaggedTensorSpec([None, None, 8], tf.float32, ragged_rank=1)])
+
 PATCHER = dict(base_size=64, min_size=16, thresholds=(0.002, 0.004), token_size=P)
 
 def case(name, layer_cls, init_kwargs, inputs, output_dtype=None, policies=POLICIES, marks=()):
@@ -99,6 +107,8 @@ CASES = [
     case("InvertedResidual-strided", InvertedResidual,
          dict(filters=16, expansion=2, strides=2), FEATURES),
     case("PatchPositionEncoding", PatchPositionEncoding, dict(dim=8), BOXES),
+    case("PatchTransformerHead", PatchTransformerHead, dict(num_classes=3, num_layers=2),
+         EMBEDDINGS),
     case("RandomCornerWarp", RandomCornerWarp, dict(factor=0.1, seed=3), IMAGES),
 ]
 

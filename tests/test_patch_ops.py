@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.embedder import PatchEmbedder
-from dynpatch_tf.patch_ops import map_chunks, row_sums, segment_softmax, weighted_mean
+from dynpatch_tf.patch_ops import map_chunks, padded_patches, row_sums, segment_softmax, weighted_mean
 
 P = 8
 
@@ -127,3 +127,14 @@ def test_reductions_run_in_float32_for_bfloat16_inputs():
     softmax = segment_softmax(logits)
     assert softmax.dtype == tf.bfloat16
     np.testing.assert_allclose(softmax.values.numpy().astype("float32"), 1 / 300, rtol=1e-2)
+
+
+@pytest.mark.parametrize("lengths, longest", [([2, 0, 3], None), ([2, 0, 3], 2), ([0, 0], None), ([], None)])
+def test_padded_patches_match_to_tensor(lengths, longest):
+    values = np.arange(sum(lengths) * 2, dtype="float32").reshape(-1, 2) + 1
+    ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
+    padded, mask, counts = padded_patches(ragged, longest)
+    expected = ragged.to_tensor(shape=[len(lengths), longest, 2] if longest else None).numpy()
+    np.testing.assert_array_equal(padded.numpy().reshape(expected.shape), expected)
+    np.testing.assert_array_equal(mask.numpy(), expected[..., 0] > 0)
+    np.testing.assert_array_equal(counts.numpy(), lengths)
