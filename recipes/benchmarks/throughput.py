@@ -25,7 +25,7 @@ evenly. Latency is per call (a whole batch); throughput is batch / median latenc
                                                          # issue 14: calibrated vs the fair grid
 
 Prints a Markdown section for docs/benchmarks.md, with met/missed lines for the
-issue's throughput targets (their accuracy halves are in accuracy.py).
+issue's throughput targets (their accuracy halves are in study.py).
 """
 
 import numpy as np
