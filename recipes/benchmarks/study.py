@@ -66,6 +66,8 @@ def options():
     parser.add_argument("--time-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
     parser.add_argument("--skip", nargs="*", default=[], help="row names to leave out, as the table names them (e.g. 'MobileNetV2 1')")
+    parser.add_argument("--background", default="smooth", choices=["smooth", "photos"],
+                        help="needles backgrounds: smooth scenes, or textured crops of real photos")
     parser.add_argument("--plot", default=PLOT)
     args = parser.parse_args()
     if args.smoke:
@@ -282,7 +284,8 @@ def plot(rows, args):
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     handles, labels = right.get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    figure.suptitle(f"Needles {args.size}x{args.size}, {args.classes} classes (dotted: chance)")
+    figure.suptitle(f"Needles {args.size}x{args.size} on {args.background} backgrounds, "
+                    f"{args.classes} classes (dotted: chance)")
     figure.tight_layout(rect=(0, 0.16, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     figure.savefig(args.plot, dpi=110)
@@ -291,8 +294,8 @@ def plot(rows, args):
 def main():
     args = options()
     common.header(
-        f"Accuracy against compute on needles {args.size}x{args.size} (issue 11)",
-        [f"Needles {args.size}x{args.size}, {args.classes} classes (chance {1 / args.classes:.2f}): "
+        f"Accuracy against compute on needles {args.size}x{args.size}, {args.background} backgrounds (issue 11)",
+        [f"Needles {args.size}x{args.size} on {args.background} backgrounds, {args.classes} classes (chance {1 / args.classes:.2f}): "
          f"{args.train} training (seed 11), {args.val} validation (seed 12), {args.test} test images (seed 13). "
          f"Per row: learning rates {', '.join(f'{r:g}' for r in args.learning_rates)} on seed 0, early stopping "
          f"on validation accuracy (patience {args.patience}, at most {args.epochs} epochs, best weights), the "
@@ -301,7 +304,8 @@ def main():
          f"`penalty_weight={args.penalty_weight:g}`."
          + (" Smoke run: eager training, numbers mean nothing." if args.smoke else "")],
     )
-    data = {name: make_needles(count, image_size=args.size, num_classes=args.classes, seed=seed)
+    data = {name: make_needles(count, image_size=args.size, num_classes=args.classes, seed=seed,
+                               background=args.background)
             for name, count, seed in (("train", args.train, 11), ("val", args.val, 12), ("test", args.test, 13))}
     rows = run_rows(data, args)
     time_rows(rows, data["test"][0], args)
