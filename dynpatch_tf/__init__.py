@@ -3,7 +3,7 @@
 Public names (see docs and each class's docstring):
 
 >>> import dynpatch_tf as dp
->>> cmap = dp.ComplexityMap(sigma=1.0)(images)
+>>> cmap = dp.ComplexityMap(sigma=2.0)(images)
 >>> patches = dp.DynamicPatcher(token_size=16)(images, cmap)
 >>> model = dp.DynamicPatchModel(num_classes=4)
 """

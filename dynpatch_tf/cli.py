@@ -11,7 +11,7 @@ each command here checks its arguments, calls them and prints what they return.
 Examples:
 
 ```bash
-dynpatch train --needles 600 --epochs 8 --thresholds 0.001 0.002 0.004 --output run/
+dynpatch train --needles 600 --epochs 8 --thresholds 0.002 0.004 0.008 --output run/
 dynpatch evaluate --model run/model.keras --needles 200
 dynpatch embed --model run/model.keras photos/ --output embeddings/
 dynpatch visualize --model run/model.keras photo.jpg --output pictures/

@@ -76,7 +76,7 @@ def _add_train_parser(commands):
                         help="initial split thresholds, one per split level, on the mean "
                         "complexity of the patch being split: 64, 32 and 16 px patches with "
                         f"the default sizes (default {' '.join(map(str, DEFAULT_THRESHOLDS))}; "
-                        "needles images want about 0.001 0.002 0.004)")
+                        "needles images want about 0.002 0.004 0.008)")
     parser.add_argument("--base-size", type=int, metavar="PX",
                         help=f"side of the base blocks, a power of two (default {BASE_SIZE})")
     parser.add_argument("--min-patch-size", type=int, metavar="PX",

@@ -23,7 +23,7 @@ import keras
 from dynpatch_tf.calibration import calibrate_thresholds
 from dynpatch_tf.image_files import sample_photo
 from dynpatch_tf.model import DynamicPatchModel
-from dynpatch_tf.needles import NEEDLE_KINDS
+from dynpatch_tf.needles import NEEDLE_KINDS, NEEDLES_SIGMA
 from dynpatch_tf.training import describe_counts, fit_and_save, needles_datasets, patch_counts
 from dynpatch_tf.visualize import render_patches, save_png
 
@@ -35,7 +35,10 @@ VALIDATION_SPLIT = 1 / 6
 BATCH_SIZE = 16
 LEARNING_RATE = 3e-3
 MODEL = dict(
-    thresholds=(0.001, 0.002, 0.004),  # needles objects split to 8 px, background stays 64 px
+    # The needles task's LoG scale, not the library's (calibrated on photos); at it these
+    # thresholds split the objects to 8 px and leave the background at 64 px.
+    sigma=NEEDLES_SIGMA,
+    thresholds=(0.001, 0.002, 0.004),
     token_size=8,
     embed_dim=32,
     width_multiplier=0.5,

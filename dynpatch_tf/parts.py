@@ -16,7 +16,7 @@ Example:
 import keras
 
 from dynpatch_tf.attention import PatchAttention
-from dynpatch_tf.complexity import ComplexityMap
+from dynpatch_tf.complexity import DEFAULT_SIGMA, ComplexityMap
 from dynpatch_tf.embedder import PatchEmbedder
 from dynpatch_tf.patch_transformer import PatchTransformerHead
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
@@ -63,7 +63,7 @@ def default_parts(
     budget=None,
     base_size=64,
     min_size=8,
-    sigma=1.0,
+    sigma=DEFAULT_SIGMA,
     temperature=0.005,
     attention_activation="sigmoid",
     attention_filters=(16, 32),

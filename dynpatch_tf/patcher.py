@@ -43,9 +43,19 @@ import tensorflow as tf
 
 from dynpatch_tf import image_ops, quadtree
 
-# Chosen on the needles task (docs/benchmarks.md, "Defaults"): objects of 8-24 px
-# raise 64 px block means to 0.001-0.004 over a smooth background's 0.0004.
-DEFAULT_THRESHOLDS = (0.002, 0.004, 0.008)
+# Calibrated for photos, at the default complexity map (`ComplexityMap()`, LoG
+# sigma 2), to a budget of 15% of the finest count: 614 patches per 512x512
+# image (of 4096 at 8 px) on average over the benchmarks' 8 scikit-image photos
+# (astronaut, camera, brick, grass, gravel, moon, immunohistochemistry, retina;
+# central 512 crops), by `calibrate_thresholds`, rounded to 3 significant
+# figures: `python recipes/benchmarks/default_thresholds.py` (docs/benchmarks.md,
+# "Default thresholds"). They give 607 patches per photo on average: 2437 on
+# gravel, 1627 on grass, 214-322 on astronaut and camera, and one patch per
+# 64 px block (64) on brick, moon, immunohistochemistry and retina. Other data
+# want their own budget and thresholds (`calibrate_thresholds`); the needles
+# task takes its own (`dynpatch_tf.needles.NEEDLES_THRESHOLDS`, at
+# `NEEDLES_SIGMA`).
+DEFAULT_THRESHOLDS = (0.0488, 0.0489, 0.0493)
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
@@ -97,7 +107,8 @@ class DynamicPatcher(keras.layers.Layer):
         base_size: side of the base blocks, a power of two (default 64).
         min_size: side of the smallest patches, a power of two (default 8).
         thresholds: one threshold per split level (`log2(base/min)` values), on
-            the complexity map's scale (see `ComplexityMap`).
+            the complexity map's scale (see `ComplexityMap`); by default
+            `DEFAULT_THRESHOLDS`, calibrated on photos at the default map.
         token_size: side `P` every patch is resampled to, a power of two.
         rule: `"quadtree"`, `"block"` or `"budget"`.
         max_patches: optional cap on patches per image (quadtree, block).

@@ -12,7 +12,7 @@ Example:
 
 ```python
 training, validation, class_names = needles_datasets(600, 192, 4, seed=0)
-model = DynamicPatchModel(num_classes=4, thresholds=(0.001, 0.002, 0.004))
+model = DynamicPatchModel(num_classes=4, thresholds=NEEDLES_THRESHOLDS, sigma=NEEDLES_SIGMA)
 fit_and_save(model, training, validation, "run/", epochs=8, learning_rate=1e-3)
 print(describe_counts(patch_counts(model, validation)))   # mean ..., p95 ..., max ...
 ```

@@ -60,7 +60,7 @@ def render_patches(image, outputs_or_model, complexity=None, gap=8, alpha=0.5):
             arrays of the image's own patches.
         complexity: the image's complexity map, `[H, W]`, `[H, W, 1]` or
             `[1, H, W, 1]`; by default the model's `ComplexityMap`, or
-            `ComplexityMap()` (sigma 1) when outputs are given.
+            `ComplexityMap()` (the default sigma) when outputs are given.
         gap: width in pixels of the white gaps between the panels.
         alpha: opacity of the attention heat over the image, in [0, 1].
 

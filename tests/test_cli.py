@@ -273,8 +273,8 @@ def test_demo_writes_everything_under_its_output(monkeypatch, tmp_path):
 
 def test_visualize_draws_the_complexity_of_the_models_sigma(image_folder, tmp_path):
     folder, images = image_folder
-    path = str(tmp_path / "sigma_2.keras")
-    model = DynamicPatchModel(num_classes=2, sigma=2.0, token_size=8, embed_dim=16,
+    path = str(tmp_path / "sigma_1.keras")
+    model = DynamicPatchModel(num_classes=2, sigma=1.0, token_size=8, embed_dim=16,
                               width_multiplier=0.25, attention_filters=(4,))
     model.build((None, None, None, 3))
     model.save(path)

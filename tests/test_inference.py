@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from dynpatch_tf import DynamicPatchModel, make_needles
 from dynpatch_tf.inference import embed_files, embed_function
+from dynpatch_tf.needles import NEEDLES_SIGMA
 
 EMBED_DIM = 16
 
@@ -13,7 +14,7 @@ EMBED_DIM = 16
 @pytest.fixture(scope="module")
 def model():
     """An untrained tiny model whose thresholds split needles objects down to 8 px."""
-    return DynamicPatchModel(num_classes=2, thresholds=(0.001, 0.002, 0.004),
+    return DynamicPatchModel(num_classes=2, thresholds=(0.001, 0.002, 0.004), sigma=NEEDLES_SIGMA,
                              token_size=8, embed_dim=EMBED_DIM, width_multiplier=0.25,
                              attention_filters=(4,))
 

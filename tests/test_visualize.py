@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from dynpatch_tf import ComplexityMap, DynamicPatchModel, make_needles
+from dynpatch_tf.needles import NEEDLES_SIGMA
 from dynpatch_tf.visualize import (
     COLORMAP_POINTS,
     COMPLEXITY_PERCENTILE,
@@ -22,7 +23,7 @@ GAP = 8
 @pytest.fixture(scope="module")
 def model():
     """An untrained tiny model whose thresholds split needles objects down to 8 px."""
-    return DynamicPatchModel(num_classes=2, thresholds=(0.001, 0.002, 0.004),
+    return DynamicPatchModel(num_classes=2, thresholds=(0.001, 0.002, 0.004), sigma=NEEDLES_SIGMA,
                              token_size=8, embed_dim=16, width_multiplier=0.25,
                              attention_filters=(4,))
 
@@ -161,15 +162,15 @@ def test_bad_inputs_are_named(model, needles_image):
 
 
 def test_the_complexity_panel_is_the_models_own_map(needles_image):
-    sigma_2 = DynamicPatchModel(num_classes=2, sigma=2.0, token_size=8, embed_dim=16,
+    sigma_1 = DynamicPatchModel(num_classes=2, sigma=1.0, token_size=8, embed_dim=16,
                                 width_multiplier=0.25, attention_filters=(4,))
     height, width, _ = needles_image.shape
-    (_, panel, _), _ = panels(render_patches(needles_image, sigma_2, gap=GAP), width)
+    (_, panel, _), _ = panels(render_patches(needles_image, sigma_1, gap=GAP), width)
 
     def drawn(complexity):
         values = np.asarray(complexity).reshape(height, width)
         return apply_colormap(values / np.percentile(values, COMPLEXITY_PERCENTILE))
 
-    np.testing.assert_array_equal(panel, drawn(sigma_2.complexity(needles_image[None])))
-    assert np.any(panel != drawn(ComplexityMap(sigma=1.0)(needles_image[None]))), \
-        "sigma 1 would draw another panel"
+    np.testing.assert_array_equal(panel, drawn(sigma_1.complexity(needles_image[None])))
+    assert np.any(panel != drawn(ComplexityMap()(needles_image[None]))), \
+        "the default sigma would draw another panel"

@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
 from dynpatch_tf.image_files import sample_photo  # noqa: E402
 from dynpatch_tf.inference import image_function  # noqa: E402
+from dynpatch_tf.needles import NEEDLES_SIGMA, NEEDLES_THRESHOLDS  # noqa: E402
 
 # Every model variant gets its own tf.function; TF's retracing warning counts them all.
 tf.get_logger().setLevel("ERROR")
@@ -32,6 +33,10 @@ PHOTOS = ("astronaut", "camera", "brick", "grass", "gravel", "moon", "immunohist
 LEVEL_SIZES = (64, 32, 16, 8)
 # Thresholds that force a level: below any block mean of a real image, or above all.
 TINY, HUGE = 1e-9, 1e9
+# The needles task's own thresholds and LoG scale (the library's defaults suit
+# photos): every dynamic model that trains or runs on needles takes them.
+NEEDLES_SETTINGS = {"thresholds": NEEDLES_THRESHOLDS, "sigma": NEEDLES_SIGMA}
+NEEDLES_NOTE = f"the needles thresholds {NEEDLES_THRESHOLDS} and sigma {NEEDLES_SIGMA:g}"
 
 
 # -- reports -------------------------------------------------------------------
@@ -121,12 +126,14 @@ def needle_set(count, size=512, num_classes=4, seed=3):
 
 
 def image_sets(count, size=512):
-    """The two image sets of the speed benchmarks: {name: uint8 images}."""
+    """The two image sets of the speed benchmarks: {name: (uint8 images, settings)},
+    `settings` the `dynamic_model` options of the set's dynamic model: none on the
+    photos (the library defaults), `NEEDLES_SETTINGS` on needles."""
     return {
         f"photos ({', '.join(PHOTOS)}; central 512 crops"
         + (f" resized to {size}" if size != 512 else "")
-        + (", repeated in order" if count > len(PHOTOS) else "") + ")": photo_set(count, size),
-        "needles (make_needles, seed 3, 4 classes)": needle_set(count, size),
+        + (", repeated in order" if count > len(PHOTOS) else "") + ")": (photo_set(count, size), {}),
+        "needles (make_needles, seed 3, 4 classes)": (needle_set(count, size), NEEDLES_SETTINGS),
     }
 
 

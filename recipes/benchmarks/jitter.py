@@ -14,9 +14,8 @@ each of --scales (0.5 to 2 by default, the range that `j = 0.7` covers): the
 validation accuracy and the mean patches per image at every scale, i.e. the
 accuracy-against-patches curve of both models.
 
-The thresholds are written out (`NEEDLES_THRESHOLDS`, the patcher's defaults
-of today, chosen on needles) so that a change of the library's defaults
-toward photos does not move this benchmark.
+Both models take the needles task's own thresholds and sigma
+(`common.NEEDLES_SETTINGS`), not the library's defaults, which suit photos.
 
     python recipes/benchmarks/jitter.py                  # 128 px, 256 / 128 images, 4 epochs: ~10 min on 2 cores
     python recipes/benchmarks/jitter.py --size 256 --train 1024 --val 256 --epochs 8
@@ -33,8 +32,6 @@ import numpy as np
 import common
 from dynpatch_tf import make_needles
 from dynpatch_tf.training import compile_classifier
-
-NEEDLES_THRESHOLDS = (0.002, 0.004, 0.008)
 
 
 def options():
@@ -124,7 +121,7 @@ def main():
         "Threshold jitter: accuracy against patches per image across threshold scales (issue 14)",
         [f"Needles {args.size}x{args.size}, {args.classes} classes (chance {1 / args.classes:.2f}), "
          f"{args.train} training images (seed 1), {args.val} validation images (seed 2). Both models: "
-         f"thresholds {NEEDLES_THRESHOLDS} (trainable), {args.epochs} epochs, batch {args.batch}, "
+         f"{common.NEEDLES_NOTE} (trainable thresholds), {args.epochs} epochs, batch {args.batch}, "
          f"Adam {args.learning_rate:g}, seed {args.seed}; one with `threshold_jitter={args.jitter:g}` "
          f"(a factor from {factors} per training step), one without. Evaluated at the trained "
          f"thresholds times {', '.join(f'{s:g}' for s in args.scales)}, without retraining."
@@ -134,10 +131,10 @@ def main():
         make_needles(args.train, image_size=args.size, num_classes=args.classes, seed=1),
         make_needles(args.val, image_size=args.size, num_classes=args.classes, seed=2),
     )
-    check_jitter_reaches_patcher(common.dynamic_model(args.classes, args.seed, thresholds=NEEDLES_THRESHOLDS,
+    check_jitter_reaches_patcher(common.dynamic_model(args.classes, args.seed, **common.NEEDLES_SETTINGS,
                                                       threshold_jitter=args.jitter), data[0][0][: args.batch])
     names = ("no jitter", f"jitter {args.jitter:g}")
-    models = [common.dynamic_model(args.classes, args.seed, thresholds=NEEDLES_THRESHOLDS, threshold_jitter=jitter,
+    models = [common.dynamic_model(args.classes, args.seed, **common.NEEDLES_SETTINGS, threshold_jitter=jitter,
                                    name=name.replace(" ", "_").replace(".", "_"))
               for name, jitter in zip(names, (0.0, args.jitter))]
     # The jittered patcher's SeedGenerator draws from Python's generator when it is

@@ -1,6 +1,7 @@
 """LiteRT against TensorFlow: latency of the exported model at batch 1.
 
-The default DynamicPatchModel (random weights) is exported with
+The default DynamicPatchModel (random weights; on needles with the needles
+thresholds and sigma) is exported with
 `dynpatch_tf.export.export_tflite` at 512x512 (float32, and dynamic-range:
 int8 weights, float activations) and run with
 `ai_edge_litert.interpreter.Interpreter` (XNNPACK, LiteRT's default delegate,
@@ -71,15 +72,15 @@ def main():
     args = options()
     common.header(
         "LiteRT against TensorFlow (issue 6)",
-        [f"Default DynamicPatchModel (random weights) exported at {args.size}x{args.size}; batch 1, "
+        [f"Default DynamicPatchModel (random weights; on needles with {common.NEEDLES_NOTE}) exported at "
+         f"{args.size}x{args.size}; batch 1, "
          f"{args.images} images per set, {args.passes} timed passes after one warm-up round, runtimes "
          f"interleaved call by call; LiteRT with XNNPACK and {args.threads} threads."],
     )
-    model = common.dynamic_model()
-    with tempfile.TemporaryDirectory() as folder:
-        entries = runtimes(model, args.size, args.threads, folder)
-        functions = {name: function for name, (function, _) in entries.items()}
-        for set_name, images in common.image_sets(args.images, args.size).items():
+    for set_name, (images, settings) in common.image_sets(args.images, args.size).items():
+        with tempfile.TemporaryDirectory() as folder:
+            entries = runtimes(common.dynamic_model(**settings), args.size, args.threads, folder)
+            functions = {name: function for name, (function, _) in entries.items()}
             batches = [image[None].astype(np.float32) / 255.0 for image in images]
             times = common.time_calls(functions, batches, args.passes * len(batches))
             checks = agreement(functions, batches)

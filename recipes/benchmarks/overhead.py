@@ -2,7 +2,8 @@
 
 Times, in inference mode on the CPU, interleaved call by call, of the default
 DynamicPatchModel's stages on the same batches (the first 8 images of each set,
-or one batch if --batch is larger; --batch 1 runs them one image at a time):
+or one batch if --batch is larger; --batch 1 runs them one image at a time;
+on needles the model takes the needles thresholds and sigma):
 
 * complexity map alone (`model.complexity`);
 * complexity map + patcher (`model.patches`: the image check and conversion,
@@ -113,14 +114,15 @@ def main():
     timed = max(args.batch, TIMED_IMAGES)
     common.header(
         "Overhead of complexity map and patcher (issue 6)",
-        [f"Default DynamicPatchModel (random weights), inference, CPU; the first {timed} images of each set in "
+        [f"Default DynamicPatchModel (random weights; on needles with {common.NEEDLES_NOTE}), "
+         f"inference, CPU; the first {timed} images of each set in "
          f"batches of {args.batch} ({args.size}x{args.size}); each batch timed {args.repeats} times after one "
          "warm-up round, stages interleaved call by call; per stage, the mean over batches of the median "
          "seconds per call."],
     )
     count = max(timed, args.stats_images)
-    model = common.dynamic_model()
-    for name, images in common.image_sets(count, args.size).items():
+    for name, (images, settings) in common.image_sets(count, args.size).items():
+        model = common.dynamic_model(**settings)
         text, line = timing(model, images[:timed], args.batch, args.repeats)
         print(f"### {name}\n\n{text}\n\n{line}\n\n{patch_statistics(model, images[:args.stats_images])}\n",
               flush=True)

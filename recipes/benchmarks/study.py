@@ -44,6 +44,7 @@ import tensorflow as tf
 
 import common
 from dynpatch_tf import make_needles
+from dynpatch_tf.needles import NEEDLES_SIGMA
 from dynpatch_tf.calibration import calibrate_thresholds
 from dynpatch_tf.parts import default_parts
 from dynpatch_tf.patch_ops import weighted_mean
@@ -129,7 +130,7 @@ class GridPatchModel(keras.Model):
 def dynamic_row(budget, head_type, data, args):
     """A maker of the dynamic model at `budget`: calibrated on the training images, then trained with it."""
     def make(seed):
-        model = common.dynamic_model(args.classes, seed, token_size=TOKEN, head_type=head_type,
+        model = common.dynamic_model(args.classes, seed, token_size=TOKEN, head_type=head_type, sigma=NEEDLES_SIGMA,
                                      patch_budget=budget, penalty_weight=args.penalty_weight)
         calibrate_thresholds(model, data["train"][0], patch_fraction=budget, batch_size=args.batch)
         return model
@@ -299,7 +300,8 @@ def main():
          f"{args.train} training (seed 11), {args.val} validation (seed 12), {args.test} test images (seed 13). "
          f"Per row: learning rates {', '.join(f'{r:g}' for r in args.learning_rates)} on seed 0, early stopping "
          f"on validation accuracy (patience {args.patience}, at most {args.epochs} epochs, best weights), the "
-         f"best rate on {args.seeds} seeds; batch {args.batch}, Adam. Dynamic rows: token 8, thresholds "
+         f"best rate on {args.seeds} seeds; batch {args.batch}, Adam. Dynamic rows: token 8, LoG sigma "
+         f"{NEEDLES_SIGMA:g} (the needles setting), thresholds "
          f"calibrated on the training images to the budget, trained with `patch_budget` and "
          f"`penalty_weight={args.penalty_weight:g}`."
          + (" Smoke run: eager training, numbers mean nothing." if args.smoke else "")],
