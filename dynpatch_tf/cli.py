@@ -29,13 +29,14 @@ import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
 from dynpatch_tf.cli_parser import parse_arguments
-from dynpatch_tf.image_files import list_image_files, map_image_files
+from dynpatch_tf.image_files import error_reason, list_image_files, map_image_files
 from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
@@ -73,12 +74,14 @@ def main(argv=None):
 def _reported(*errors, prefix=""):
     """Reports `errors` (ValueError by default) raised inside as a CommandError.
 
-    For library calls whose messages name the problem and the value.
+    For library calls whose messages name the problem and the value; a
+    TensorFlow `OpError`'s message is cleaned of TensorFlow's wrapping
+    (`error_reason`).
     """
     try:
         yield
     except errors or ValueError as error:
-        raise CommandError(f"{prefix}{error}") from None
+        raise CommandError(f"{prefix}{error_reason(error)}") from None
 
 
 def _train(args):
@@ -94,8 +97,9 @@ def _train(args):
     with _reported(ValueError, TypeError, prefix="cannot build the model: "):
         model = _train_model(args, class_names, thresholds, sizes)
     print(f"Classes: {', '.join(class_names)}")
-    fit_and_save(model, training, validation, args.output, args.epochs,
-                 args.learning_rate, _verbosity(args), args.tensorboard)
+    with _reported(tf.errors.OpError, prefix="training stopped: "):
+        fit_and_save(model, training, validation, args.output, args.epochs,
+                     args.learning_rate, _verbosity(args), args.tensorboard)
 
 
 def _train_model(args, class_names, thresholds, sizes):
@@ -147,10 +151,12 @@ def _evaluate(args):
             f"{', '.join(class_names)}."
         )
     compile_classifier(model)
-    results = model.evaluate(dataset, return_dict=True, verbose=_verbosity(args))
+    with _reported(tf.errors.OpError, prefix="evaluation stopped: "):
+        results = model.evaluate(dataset, return_dict=True, verbose=_verbosity(args))
+        counts = patch_counts(model, dataset)
     print(f"accuracy: {results['accuracy']:.4f}")
     print(f"loss: {results['loss']:.4f}")
-    print(f"patches per image: {describe_counts(patch_counts(model, dataset))}")
+    print(f"patches per image: {describe_counts(counts)}")
 
 
 def _embed(args):

@@ -125,7 +125,8 @@ def image_folder_dataset(
         `ImageFolderInfo`.
 
     Raises:
-        ValueError: for invalid arguments, or when no usable image is left.
+        ValueError: for invalid arguments, a folder with no class subfolders
+            or no image files in them, or when no usable image is left.
 
     Example:
 
@@ -175,6 +176,11 @@ def _list_class_files(directory, class_names):
     subfolders = sorted(
         entry.name for entry in os.scandir(directory) if entry.is_dir()
     )
+    if not subfolders:
+        raise ValueError(
+            f"{directory!r} has no class subfolders: put the images of each class in a "
+            "subfolder named after it."
+        )
     if class_names is None:
         class_names = subfolders
     elif sorted(class_names) != subfolders:
@@ -190,6 +196,11 @@ def _list_class_files(directory, class_names):
                 if file.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(root, file))
                     labels.append(label)
+    if not paths:
+        raise ValueError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class subfolders of "
+            f"{directory!r}."
+        )
     return list(class_names), paths, labels
 
 

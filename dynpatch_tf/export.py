@@ -27,6 +27,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dynpatch_tf.image_headers import MAX_IMAGE_PIXELS, decode_image
 from dynpatch_tf.patch_ops import padded_patches
 
 IMAGES_SIGNATURE = "serving_default"
@@ -80,19 +81,23 @@ def serving_outputs(model, images, max_patches=None):
     return outputs
 
 
-def decode_images(image_bytes, size):
+def decode_images(image_bytes, size, max_pixels=MAX_IMAGE_PIXELS):
     """Decode a batch of encoded images to one size, inside the graph.
 
-    Every image is decoded with `tf.io.decode_image(channels=3,
-    expand_animations=False)` (JPEG, PNG, GIF (first frame) or BMP; grayscale
-    becomes RGB, alpha is dropped) and resized to exactly `size`, ignoring its
-    aspect ratio, with `tf.image.resize(method="bilinear", antialias=True)`
-    (an area-weighted triangle filter when shrinking, bilinear when enlarging).
-    The result is divided by 255.
+    Every image is decoded by `image_headers.decode_image` (JPEG, PNG, GIF
+    (first frame) or BMP; grayscale becomes RGB, alpha is dropped; an image
+    whose header declares more than `max_pixels` pixels is refused before
+    decoding) and resized to exactly `size`, ignoring its aspect ratio, with
+    `tf.image.resize(method="bilinear", antialias=True)` (an area-weighted
+    triangle filter when shrinking, bilinear when enlarging). The result is
+    divided by 255. One undecodable image fails the whole batch with
+    `tf.errors.InvalidArgumentError` naming the problem.
 
     Args:
         image_bytes: `[B]` tf.string, one encoded image each.
         size: `(height, width)` of the output.
+        max_pixels: the most pixels an image's header may declare; None for
+            no limit.
 
     Returns:
         `[B, height, width, 3]` float32 in 0..1.
@@ -105,7 +110,7 @@ def decode_images(image_bytes, size):
     """
 
     def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = decode_image(data, max_pixels=max_pixels)
         return tf.image.resize(image, size, antialias=True) / 255.0
 
     spec = tf.TensorSpec([*size, 3], tf.float32)

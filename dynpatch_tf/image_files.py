@@ -5,7 +5,8 @@ The single-file side of the library, shared by the folder pipeline
 `dynpatch_tf.visualize.draw_files`) and the command line: which files count
 as images (`IMAGE_EXTENSIONS`, `list_image_files`), how a file is decoded
 (`read_image`), the loop that uses each file and reports those it cannot
-(`map_image_files`, `SkippedFile`, `clean_op_message`, `too_small_reason`),
+(`map_image_files`, `SkippedFile`, `clean_op_message`, `error_reason`,
+`too_small_reason`),
 and the offline sample photos of scikit-image (`sample_photo`).
 
 Example:
@@ -19,6 +20,7 @@ skipped   # [SkippedFile(path="photos/b.jpg", reason="too small: 40x100 px ...")
 ```
 """
 
+import itertools
 import os
 import re
 from typing import NamedTuple
@@ -26,6 +28,8 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
+
+from dynpatch_tf.image_headers import MAX_IMAGE_PIXELS, decode_image
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
@@ -75,23 +79,29 @@ def list_image_files(inputs):
     return paths
 
 
-def read_image(path, dtype=tf.float32):
+def read_image(path, dtype=tf.float32, max_pixels=MAX_IMAGE_PIXELS):
     """Reads a JPEG, PNG, BMP or GIF file as an RGB image.
 
-    Grayscale is repeated to 3 channels, alpha is dropped and an animated
-    GIF gives its first frame. Works eagerly and inside `tf.data` or
-    `tf.function` graphs.
+    Decoded by `image_headers.decode_image`: the size its header declares
+    is checked against `max_pixels` first; grayscale is repeated to 3
+    channels, alpha dropped, CMYK JPEG converted to RGB, a 16-bit PNG
+    divided by 65535, and an animated GIF gives its first frame. Other
+    formats (WebP, JPEG XL) are refused. Works eagerly and inside `tf.data`
+    or `tf.function` graphs.
 
     Args:
         path: the file's path, a string or a string tensor.
         dtype: `tf.float32` for values in [0, 1], or `tf.uint8` for 0..255.
+        max_pixels: the most pixels (height x width) an image may have;
+            None for no limit.
 
     Returns:
         A `[H, W, 3]` tensor of `dtype`.
 
     Raises:
-        tf.errors.OpError: when the file cannot be read or decoded (eagerly;
-            in a graph, when it runs).
+        tf.errors.OpError: when the file cannot be read, is empty, is of
+            another format, is too large or cannot be decoded (eagerly; in
+            a graph, when it runs).
 
     Example:
 
@@ -99,9 +109,7 @@ def read_image(path, dtype=tf.float32):
     >>> image.shape, image.dtype
     (TensorShape([480, 640, 3]), tf.float32)
     """
-    return tf.io.decode_image(
-        tf.io.read_file(path), channels=3, expand_animations=False, dtype=dtype
-    )
+    return decode_image(tf.io.read_file(path), dtype, max_pixels)
 
 
 def sample_photo(name, channels=3):
@@ -157,16 +165,44 @@ def sample_photo(name, channels=3):
 
 
 def clean_op_message(message):
-    """Drops TF's `{{function_node ...}}` prefix and `[Op:...] name: ...` suffix."""
+    """The problem a `tf.errors.OpError` message names, without TensorFlow's wrapping.
+
+    Drops Keras' "Exception encountered when calling ..." context, the
+    `{{function_node ...}}` prefix, the traceback of a graph error ("Detected
+    at node ...") or of a failure while tracing ("in user code: ..."), the `[[{{node ...}}]]` and `[Op:...] name: ...`
+    suffixes and the "Condition x >= y did not hold" details of
+    `tf.debugging.assert_*`, and joins the parts of an assertion's message
+    ("assertion failed: [a] [b]" from a graph, "Summarized data: a\\nb"
+    eagerly) with spaces.
+    """
+    # Keras puts the message in bold between its context; layers in layers nest it.
+    while inner := re.search(r"\x1b\[1m(.*)\x1b\[0m", message, flags=re.DOTALL):
+        message = inner.group(1)
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.DOTALL)
+    message = re.sub(r"^Graph execution error:\s*Detected at node[^\n]*\n"
+                     r"(?:(?:[ \t][^\n]*|<stack traces unavailable>)?\n)*", "", message)
+    # An assertion that fails while a function is traced.
+    message = re.sub(r"^in user code:.*?\n\s*\w+Error: ", "", message, flags=re.DOTALL)
+    message = re.sub(r"\s*(\[\[\{\{node |\[Op:\w+\]).*$", "", message, flags=re.DOTALL)
+    if message.startswith("assertion failed: ["):
+        parts = message[len("assertion failed: ["):-1].split("] [")
+    elif "Summarized data: " in message:
+        lines = message.split("Summarized data: ", 1)[1].splitlines()
+        parts = [re.sub(r"^b'(.*)'$", r"\1", line) for line in lines]
+    else:
+        parts = [line.strip() for line in message.splitlines()]
+    return " ".join(itertools.takewhile(lambda part: not part.startswith("Condition "), parts))
+
+
+def error_reason(error):
+    """What a `ValueError` or `tf.errors.OpError` says went wrong (`clean_op_message`'s)."""
+    return clean_op_message(error.message) if isinstance(error, tf.errors.OpError) else str(error)
 
 
 def too_small_reason(size, min_side):
     """Why an image of `size` `(height, width)` is left out for being below `min_side`."""
     height, width = size
     return f"too small: {height}x{width} px (height x width), minimum {min_side} px per side"
-
 
 
 def map_image_files(function, paths, min_side=1, verbose=0):
@@ -206,7 +242,6 @@ def map_image_files(function, paths, min_side=1, verbose=0):
                 raise ValueError(too_small_reason(image.shape[:2], min_side))
             results.append((path, function(path, image)))
         except (ValueError, tf.errors.OpError) as error:
-            reason = clean_op_message(error.message) if isinstance(error, tf.errors.OpError) else str(error)
-            skipped.append(SkippedFile(path, reason))
+            skipped.append(SkippedFile(path, error_reason(error)))
         progress.add(1)
     return results, skipped

@@ -1,15 +1,24 @@
 """Image tensor helpers shared by the layers: validation, conversion to float, padding, block means.
 
-Images enter the library as `[B, H, W, C]` tensors, `uint8` in 0..255 or floating
-point in 0..1, with `C` in {1, 3}. Checks that can be made from the static shape
-raise `ValueError` when the graph is traced; checks on values (NaN, Inf) and on
-dynamic sizes raise `tf.errors.InvalidArgumentError` when the graph runs. Every
-message names the problem.
+Images enter the library as `[B, H, W, C]` tensors, `uint8` in 0..255, `uint16`
+in 0..65535 or floating point in 0..1, with `C` in {1, 3}. Checks that can be made
+from the static shape and dtype raise `ValueError` when the graph is traced;
+checks on values (NaN, Inf, floats outside 0..1) and on dynamic sizes raise
+`tf.errors.InvalidArgumentError` when the graph runs. Every message names the
+problem.
+
+Floats outside 0..1 are refused rather than guessed at: a float image in 0..255
+would otherwise pass for a very busy one (scikit-image's astronaut splits into
+3934 patches instead of 2695), and one in -1..1 for a dark one. Values up to
+`FLOAT_TOLERANCE` outside the range pass, for rounding and resampling overshoot.
 """
 
 import tensorflow as tf
 
 VALID_CHANNELS = (1, 3)
+FLOAT_TOLERANCE = 0.01
+# Integer dtypes taken as images, and the value that means full intensity.
+UNSIGNED_MAXIMA = {tf.uint8: 255.0, tf.uint16: 65535.0}
 
 
 def check_image_shape(shape, min_image_size, name="images"):
@@ -29,7 +38,10 @@ def check_image_shape(shape, min_image_size, name="images"):
     if channels is None:
         raise ValueError(f"{name} must have a known channel count (1 or 3); got shape {shape}.")
     if channels not in VALID_CHANNELS:
-        raise ValueError(f"{name} must have 1 or 3 channels; got {channels} (shape {shape}).")
+        raise ValueError(
+            f"{name} must have 1 or 3 channels; got {channels} (shape {shape}). For grey+alpha "
+            f"or RGBA, drop the alpha channel: {name}[..., :1] or {name}[..., :3]."
+        )
     for axis, label in ((1, "height"), (2, "width")):
         size = shape[axis]
         if size is not None and size < min_image_size:
@@ -42,8 +54,9 @@ def check_image_shape(shape, min_image_size, name="images"):
 def runtime_image_checks(images, min_image_size, name="images"):
     """Graph assertions on sizes and values that the static shape cannot show.
 
-    Returns a list of ops to use as control dependencies. NaN and Inf are only
-    possible for floating images.
+    Float images must be finite and lie in 0..1 (within `FLOAT_TOLERANCE`);
+    integer images cannot fail those. Returns a list of ops to use as control
+    dependencies.
     """
     shape = tf.shape(images)
     checks = [
@@ -54,20 +67,31 @@ def runtime_image_checks(images, min_image_size, name="images"):
         )
     ]
     if images.dtype.is_floating:
-        finite = tf.reduce_all(tf.math.is_finite(images))
+        finite = tf.math.is_finite(images)
         checks.append(
-            tf.debugging.Assert(finite, [f"{name} contain NaN or Inf values"])
+            tf.debugging.Assert(tf.reduce_all(finite), [f"{name} contain NaN or Inf values"])
         )
+        # Finite values only: NaN and Inf get the message above.
+        values = tf.where(finite, images, 0.5)
+        low, high = tf.reduce_min(values), tf.reduce_max(values)
+        checks.append(tf.debugging.Assert(
+            (low >= -FLOAT_TOLERANCE) & (high <= 1 + FLOAT_TOLERANCE),
+            [f"{name} must lie in 0..1 as floats (divide 0..255 images by 255, or pass them as "
+             "uint8); got values from", low, "to", high],
+        ))
     return checks
 
 
 def to_unit_float(images):
-    """Convert images to float32 in 0..1: `uint8` is divided by 255, floats are cast."""
+    """Convert images to float32 in 0..1: `uint8` is divided by 255, `uint16` by 65535,
+    floats are cast."""
     images = tf.convert_to_tensor(images)
-    if images.dtype == tf.uint8:
-        return tf.cast(images, tf.float32) / 255.0
+    if images.dtype in UNSIGNED_MAXIMA:
+        return tf.cast(images, tf.float32) / UNSIGNED_MAXIMA[images.dtype]
     if not images.dtype.is_floating:
-        raise ValueError(f"images must be uint8 or floating point; got dtype {images.dtype.name}.")
+        raise ValueError(
+            f"images must be uint8, uint16 or floating point; got dtype {images.dtype.name}."
+        )
     return tf.cast(images, tf.float32)
 
 
@@ -75,18 +99,18 @@ def prepare_images(images, min_image_size, validate=True, name="images"):
     """Validate `images` and return them as float32 in 0..1.
 
     Args:
-        images: `[B, H, W, C]` uint8 or float tensor (or array).
+        images: `[B, H, W, C]` uint8, uint16 or float tensor (or array).
         min_image_size: the smallest height and width accepted.
-        validate: add the value checks (NaN/Inf, dynamic sizes) to the graph.
+        validate: add the value checks (NaN/Inf, range, dynamic sizes) to the graph.
         name: how the tensor is called in messages.
     """
     images = tf.convert_to_tensor(images)
     check_image_shape(images.shape, min_image_size, name)
-    images = to_unit_float(images)
+    converted = to_unit_float(images)
     if not validate:
-        return images
+        return converted
     with tf.control_dependencies(runtime_image_checks(images, min_image_size, name)):
-        return tf.identity(images)
+        return tf.identity(converted)
 
 
 def luminance(images):

@@ -72,8 +72,10 @@ class DynamicPatchModel(keras.Model):
             `keras.Model` arguments (`name`, `dtype`, ...).
 
     Input shape:
-        `[B, H, W, C]` uint8 (0..255) or float (0..1), `C` in {1, 3},
-        `H, W >= base_size`; H and W may change from batch to batch.
+        `[B, H, W, C]` uint8 (0..255), uint16 (0..65535) or float (0..1), `C` in
+        {1, 3}, `H, W >= base_size`; H and W may change from batch to batch. The
+        model is built for the channel count it first sees; grey images given to a
+        model built on RGB are repeated to 3 channels.
 
     Output shape:
         `[B, num_classes]` float32 logits (or `[B, embed_dim]` without a head).
@@ -106,6 +108,7 @@ class DynamicPatchModel(keras.Model):
         self.penalty_weight = float(penalty_weight)
         self.patch_budget = check_budget(patch_budget)
         self.validate = validate
+        self.image_channels = None  # set by `build`
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
         self.patches_tracker = keras.metrics.Mean(name="patches")
 
@@ -122,7 +125,11 @@ class DynamicPatchModel(keras.Model):
         return self.patcher.thresholds
 
     def build(self, input_shape):
-        """Builds every part that is not built yet (a part passed in may be)."""
+        """Builds every part that is not built yet (a part passed in may be), for
+        images of `input_shape`'s channel count (checked first: a bad first input
+        must not build the model)."""
+        image_ops.check_image_shape(input_shape, self._min_image_size())
+        self.image_channels = input_shape[-1]
         token = self.patcher.token_size
         patch_shape = (None, None, token, token, input_shape[-1])
         shapes = [(self.patcher, ()), (self.attention, (patch_shape,)), (self.embedder, (patch_shape,))]
@@ -169,7 +176,7 @@ class DynamicPatchModel(keras.Model):
         use, so any entry point may come first.
 
         Args:
-            images: `[B, H, W, C]` uint8 or float images.
+            images: `[B, H, W, C]` uint8, uint16 or float images.
             training: the patcher's mode (threshold jitter acts in training).
 
         Returns:
@@ -178,15 +185,31 @@ class DynamicPatchModel(keras.Model):
         images = tf.convert_to_tensor(images)
         if not self.built:
             self.build(tuple(images.shape))  # plain values: the build config is JSON
-        min_image_size = max(self.patcher.base_size, self.complexity.min_image_size)
-        images = image_ops.prepare_images(images, min_image_size, self.validate)
+        images = image_ops.prepare_images(images, self._min_image_size(), self.validate)
+        images = self._built_channels(images)
         return self.patcher(images, self.complexity(images), training=training)
+
+    def _min_image_size(self):
+        return max(self.patcher.base_size, self.complexity.min_image_size)
+
+    def _built_channels(self, images):
+        """Grey `images` for a model built on RGB repeated to 3 channels, as image files are
+        read; RGB images for a grey model are refused."""
+        channels = images.shape[-1]
+        if channels == self.image_channels:
+            return images
+        if channels == 1:
+            return tf.repeat(images, self.image_channels, axis=-1)
+        raise ValueError(
+            f"this model was built for {self.image_channels}-channel images; got {channels} "
+            f"channels (shape {images.shape}): convert them to grey first."
+        )
 
     def embed(self, images, training=False):
         """Embeddings of a batch of images.
 
         Args:
-            images: `[B, H, W, C]` uint8 or float images.
+            images: `[B, H, W, C]` uint8, uint16 or float images.
             training: run BatchNorm in training mode.
 
         Returns:

@@ -86,7 +86,13 @@ class DynamicPatcher(keras.layers.Layer):
     `max_patches` caps the patches of one image (quadtree and block rules): past
     it, the least complex splits are undone first, in the monotone priority order
     above, so the tree stays consistent. Base blocks are never merged, so an image
-    always has at least one patch per base block.
+    always has at least one patch per base block: a cap below an image's count of
+    base blocks cannot hold, and the call fails with `InvalidArgumentError`
+    naming both.
+
+    Under `rule="budget"` the thresholds decide no split (the busiest nodes
+    split until the count is met), so they are never trained there: their
+    weight is non-trainable whatever `trainable_thresholds` says.
 
     Order within an image (deterministic): base blocks in raster order (row by
     row), and inside a block the quadtree's depth-first order (Z-order: top-left,
@@ -111,10 +117,12 @@ class DynamicPatcher(keras.layers.Layer):
             `DEFAULT_THRESHOLDS`, calibrated on photos at the default map.
         token_size: side `P` every patch is resampled to, a power of two.
         rule: `"quadtree"`, `"block"` or `"budget"`.
-        max_patches: optional cap on patches per image (quadtree, block).
+        max_patches: optional cap on patches per image (quadtree, block), a
+            positive integer.
         budget: the exact patch count per image for `rule="budget"`.
         temperature: softness of the split probabilities, on the complexity scale.
-        trainable_thresholds: whether the thresholds are trained.
+        trainable_thresholds: whether the thresholds are trained (never under
+            `rule="budget"`, where they decide no split).
         threshold_rate: how fast training moves the thresholds (see above).
         threshold_jitter: `j >= 0`; training calls scale the thresholds by a
             random factor in `[exp(-j), exp(j)]` (module docstring).
@@ -169,7 +177,7 @@ class DynamicPatcher(keras.layers.Layer):
         super().__init__(autocast=False, **kwargs)
         self.supports_jit = False  # ragged tensors do not compile with XLA
         self.num_levels = _checked_num_levels(
-            base_size, min_size, thresholds, token_size, rule, budget, temperature
+            base_size, min_size, thresholds, token_size, rule, budget, temperature, max_patches
         )
         self.base_size = base_size
         self.min_size = min_size
@@ -194,7 +202,8 @@ class DynamicPatcher(keras.layers.Layer):
             initializer=keras.initializers.Constant(
                 np.log(self.initial_thresholds) / self.threshold_rate
             ),
-            trainable=self.trainable_thresholds,
+            # Under the budget rule they decide no split: nothing to train.
+            trainable=self.trainable_thresholds and self.rule != "budget",
             # Read in float32 under a mixed policy too: thresholds are small
             # numbers, and the decisions compare them with float32 means.
             autocast=False,
@@ -330,7 +339,8 @@ def _checked_jitter(jitter):
     return jitter
 
 
-def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budget, temperature):
+def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budget, temperature,
+                        max_patches=None):
     """The number of levels from `base_size` to `min_size`, after checking the arguments."""
     for name, value in (("base_size", base_size), ("min_size", min_size), ("token_size", token_size)):
         if value < 1 or value & (value - 1):
@@ -344,6 +354,8 @@ def _checked_num_levels(base_size, min_size, thresholds, token_size, rule, budge
             f"from {base_size} to {min_size} px); got {len(thresholds)}."
         )
     quadtree.check_rule(rule, budget)
+    if max_patches is not None and not (isinstance(max_patches, (int, np.integer)) and max_patches > 0):
+        raise ValueError(f"max_patches must be a positive integer or None; got {max_patches!r}.")
     if min(thresholds) <= 0:
         raise ValueError(f"thresholds must be positive; got {tuple(thresholds)}.")
     if temperature <= 0:

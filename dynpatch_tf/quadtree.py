@@ -133,7 +133,9 @@ def split_decisions(scores, thresholds, inside, rule, max_patches=None, budget=N
     * `"quadtree"`, `"block"`: a node wants to split when `score_l > thresholds[l]`
       and splits when it also lies in the image and its parent split
       (`tree_consistent`). With `max_patches`, `select_by_priority` then undoes
-      the least complex splits until an image has at most `max_patches` patches.
+      the least complex splits until an image has at most `max_patches` patches;
+      a cap below an image's count of base blocks fails with
+      `InvalidArgumentError` naming both.
     * `"budget"`: exactly `budget` patches per image; the thresholds are not
       used, nor is `max_patches`. Candidates are the nodes whose four children
       lie in the image (`budget_candidates`); the busiest split first until the
@@ -235,7 +237,8 @@ def select_by_priority(scores, candidates, inside, max_count, exact=False):
         exact: the count must be met exactly (the budget rule): adds graph
             assertions that `max_count` minus the base blocks is a non-negative
             multiple of 3 and no more than the candidates can give, failing with
-            `InvalidArgumentError` naming the budget.
+            `InvalidArgumentError` naming the budget. Otherwise (a cap) the
+            assertion is that `max_count` is not below the base blocks.
 
     Returns:
         A list of `[B, h_l, w_l]` bool, one per split level, a subset of
@@ -251,9 +254,12 @@ def select_by_priority(scores, candidates, inside, max_count, exact=False):
     flat_priority = tf.where(flat_candidate, flat_priority, -np.inf)
     order = tf.argsort(flat_priority, axis=1, direction="DESCENDING", stable=True)
     sorted_gain = tf.gather(tf.where(flat_candidate, gains, 0), order, batch_dims=1)
-    allowed = max_count - tf.reduce_prod(shapes[0][1:])
+    base_blocks = tf.reduce_prod(shapes[0][1:])
+    allowed = max_count - base_blocks
     if exact:
         allowed = _checked_budget(allowed, tf.reduce_sum(sorted_gain, 1), max_count)
+    else:
+        allowed = _checked_cap(allowed, base_blocks, max_count)
     keep_sorted = tf.logical_and(
         tf.cumsum(sorted_gain, axis=1) <= allowed,
         tf.gather(flat_candidate, order, batch_dims=1),
@@ -281,6 +287,19 @@ def _checked_budget(allowed, available, budget):
         ),
     ]
     with tf.control_dependencies(checks):
+        return tf.identity(allowed)
+
+
+def _checked_cap(allowed, base_blocks, max_patches):
+    """`allowed`, after a graph check that the cap `max_patches` is not below the image's
+    base blocks (they never merge, so such a cap could not hold)."""
+    check = tf.debugging.Assert(
+        allowed >= 0,
+        [f"max_patches {max_patches} is below the", base_blocks,
+         "base blocks of the image (one patch each at least: they never merge); raise "
+         "max_patches or pass smaller images"],
+    )
+    with tf.control_dependencies([check]):
         return tf.identity(allowed)
 
 

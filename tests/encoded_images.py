@@ -1,11 +1,14 @@
-"""Image files for tests: random images and the bytes of BMP and GIF files built by hand.
+"""Image files for tests: random images and the bytes of files TensorFlow does not write.
 
 TensorFlow encodes PNG and JPEG but not BMP or GIF; these writers cover the
-other formats `read_image` decodes.
+other formats `read_image` decodes, and the bad files it must refuse
+(decompression bombs, CMYK JPEGs, WebP).
 """
 
+import io
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -58,3 +61,45 @@ def write(path, data):
 
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 250, 10]], np.uint8)
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb_bytes(height, width):
+    """A valid 8-bit RGB PNG of zeros: a few hundred kilobytes that decode to
+    `3 * height * width` bytes (deflate packs zeros about 1000:1)."""
+    row = b"\0" * (1 + 3 * width)  # filter byte and pixels
+    packer = zlib.compressobj(9)
+    rows_per_chunk = max(1, (1 << 20) // len(row))
+    data = b"".join(packer.compress(row * min(rows_per_chunk, height - start))
+                    for start in range(0, height, rows_per_chunk)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
+            + png_chunk(b"IEND", b""))
+
+
+def jpeg_declaring(data, height, width):
+    """JPEG bytes `data` with the size in their frame header (SOF0) replaced."""
+    start = data.index(b"\xff\xc0") + 5  # marker, length (2), precision (1)
+    return data[:start] + struct.pack(">HH", height, width) + data[start + 4:]
+
+
+def cmyk_jpeg_bytes(image):
+    """The RGB uint8 `image` as a CMYK JPEG (Pillow's), and Pillow's RGB reading of it."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("CMYK").save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def webp_bytes(image):
+    """The RGB uint8 `image` as a WebP file (Pillow's)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "WEBP")
+    return buffer.getvalue()

@@ -5,11 +5,13 @@ Keras model's own `embed` outputs on real photos from scikit-image.
 """
 
 import base64
+import concurrent.futures
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -21,7 +23,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from dynpatch_tf import DynamicPatchModel
 from dynpatch_tf import export
+from dynpatch_tf.image_files import clean_op_message
 from tests.conftest import photo
+from tests.encoded_images import jpeg_declaring
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 SQUARE = (128, 128)
@@ -221,9 +225,68 @@ def test_embedding_model_has_no_class_outputs():
 
 
 def test_saved_model_keeps_the_runtime_image_checks(loaded):
-    images = np.full((1,) + SQUARE + (3,), np.nan, "float32")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
-        loaded.signatures["serving_default"](images=tf.constant(images))
+    nan = np.full((1,) + SQUARE + (3,), np.nan, "float32")
+    for images, message in ((nan, "NaN or Inf"), (photos(SQUARE)[:1] * 255, "must lie in 0..1")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures["serving_default"](images=tf.constant(images))
+
+
+# -- Under load ---------------------------------------------------------------
+
+
+def test_signatures_answer_concurrent_calls_as_they_answer_single_ones(
+        loaded, expected, request_inputs):
+    """4 threads make 3 requests each at once, both signatures and two image sizes,
+    one of them bad: every answer is the one a single call gives."""
+    requests = [
+        ("serving_default", {"images": tf.constant(expected[SQUARE][0])}),
+        ("serving_default", {"images": tf.constant(expected[NON_SQUARE][0][:2])}),
+        ("predict_bytes", {"image_bytes": tf.constant(request_inputs["encoded"][0])}),
+        ("predict_bytes", {"image_bytes": tf.constant([b"not an image"])}),
+    ]
+
+    def answer(index):
+        name, inputs = requests[index]
+        try:
+            return loaded.signatures[name](**inputs)
+        except tf.errors.InvalidArgumentError as error:
+            return clean_op_message(error.message)
+
+    single = [answer(index) for index in range(len(requests))]
+    assert single[3].startswith("Unknown image file format")
+    start = threading.Barrier(4)
+
+    def client(first):
+        start.wait()
+        return [(index, answer(index)) for index in np.roll(np.arange(4), first)[:3]]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = [pair for pairs in pool.map(client, range(4)) for pair in pairs]
+    assert len(answers) == 12
+    for index, got in answers:
+        if isinstance(single[index], str):
+            assert got == single[index]
+            continue
+        for key, value in single[index].items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def test_predict_bytes_fails_a_bad_request_and_serves_the_next(loaded, request_inputs):
+    encoded, reference = request_inputs["encoded"]
+    png = encoded[0]
+    bad_images = {
+        "truncated": (png[: len(png) // 2], "PNG"),
+        "text": (b"not an image", "Unknown image file format"),
+        "empty": (b"", "image data is empty"),
+        "bomb": (jpeg_declaring(tf.io.encode_jpeg(photo("coffee")).numpy(), 60000, 60000),
+                 "image too large: its header declares 60000x60000"),
+    }
+    serve = loaded.signatures["predict_bytes"]
+    for name, (bad, message) in bad_images.items():
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            serve(image_bytes=tf.constant([encoded[0], bad, encoded[1]]))
+        assert message in clean_op_message(error.value.message), name
+        assert_matches(serve(image_bytes=tf.constant(encoded)), reference)
 
 
 # -- TF Serving requests ------------------------------------------------------

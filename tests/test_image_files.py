@@ -2,6 +2,7 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -39,18 +40,51 @@ def test_read_image_decodes_every_format_as_rgb(tmp_path):
 
 
 def test_read_image_raises_an_op_error_that_cleans_up(tmp_path):
-    write(tmp_path / "corrupt.jpg", b"not an image at all")
+    png = tf.io.encode_png(random_image(64, 64)).numpy()
+    write(tmp_path / "truncated.png", png[: len(png) // 2])
     with pytest.raises(tf.errors.OpError) as error:
-        read_image(str(tmp_path / "corrupt.jpg"))
+        read_image(str(tmp_path / "truncated.png"))
     assert "[Op:" in error.value.message
     message = clean_op_message(error.value.message)
-    assert "Unknown image file format" in message and "[Op:" not in message
+    assert "PNG" in message and "[Op:" not in message
 
 
 def test_clean_op_message_drops_the_function_node_and_op_parts():
     raw = "{{function_node __wrapped__DecodeImage_device_/cpu:0}} Bad PNG [Op:DecodeImage] name: x"
     assert clean_op_message(raw) == "Bad PNG"
     assert clean_op_message("plain message") == "plain message"
+
+
+class Checked(keras.layers.Layer):
+    """Fails on non-positive values with both kinds of TensorFlow assertion."""
+
+    def call(self, values):
+        checks = [
+            tf.debugging.Assert(tf.reduce_all(values > 0),
+                                ["values must be positive; got min", tf.reduce_min(values)]),
+            tf.debugging.assert_greater_equal(tf.size(values), 3, message="need 3 values"),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(values)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([-2.5, 1.0, 1.0], "values must be positive; got min -2.5"),
+    ([1.0, 1.0], "need 3 values"),
+])
+def test_clean_op_message_keeps_only_the_problem_of_every_kind_of_failure(values, expected):
+    layer = Checked()
+    model = keras.Sequential([keras.Input((None,)), layer])
+    calls = {
+        "eager": layer.call,
+        "keras layer": layer,
+        "tf.function": tf.function(layer.call),
+        "keras predict": lambda batch: model.predict(batch[None], verbose=0),
+    }
+    for name, call in calls.items():
+        with pytest.raises(tf.errors.OpError) as error:
+            call(tf.constant(values))
+        assert clean_op_message(error.value.message) == expected, (name, error.value.message)
 
 
 def test_list_image_files_searches_folders_and_keeps_files(tmp_path):

@@ -194,16 +194,6 @@ def test_config_round_trip():
     assert clone.get_config() == model.get_config()
 
 
-def test_too_small_images_are_named_inside_tf_function():
-    model = DynamicPatchModel(num_classes=2, **TINY)
-    embed = tf.function(
-        lambda x: model.embed(x)["pooled_embedding"],
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-    )
-    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 64"):
-        embed(np.zeros((1, 32, 40, 3), "float32"))
-
-
 def test_images_are_checked_once_by_the_model():
     images = np.zeros((1, 64, 64, 3), "float32")
     images[0, 3, 4, 1] = np.nan

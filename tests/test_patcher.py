@@ -223,31 +223,6 @@ def test_unknown_shapes_in_tf_function_and_saved_model(tmp_path):
         np.testing.assert_array_equal(loaded.boxes(images).numpy(), eager)
 
 
-@pytest.mark.parametrize(
-    "shape, message",
-    [((64, 64, 3), "rank 4"), ((1, 64, 64, 2), "1 or 3 channels"), ((1, 40, 64, 3), "height 40 is below")],
-)
-def test_bad_shapes_are_named(shape, message):
-    images = np.zeros(shape, "float32")
-    with pytest.raises(ValueError, match=message):
-        DynamicPatcher()(images, np.zeros(shape[:-1] + (1,), "float32"))
-
-
-def test_dynamic_small_size_is_named():
-    layer, cmap = DynamicPatcher(), ComplexityMap()
-    fn = tf.function(lambda x: layer(x, cmap(x))["levels"], input_signature=[tf.TensorSpec([None, None, None, 3])])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 64"):
-        fn(np.zeros((1, 64, 50, 3), "float32"))
-
-
-@pytest.mark.parametrize("bad", [np.nan, -np.inf])
-def test_non_finite_values_are_named(bad):
-    images = np.zeros((1, 64, 64, 3), "float32")
-    images[0, 1, 2, 0] = bad
-    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
-        DynamicPatcher()(images, np.zeros((1, 64, 64, 1), "float32"))
-
-
 def test_mismatched_complexity_is_named():
     with pytest.raises(tf.errors.InvalidArgumentError, match="complexity must have the batch"):
         DynamicPatcher()(np.zeros((1, 64, 128, 3), "float32"), np.zeros((1, 64, 64, 1), "float32"))
