@@ -29,12 +29,14 @@ import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
 from dynpatch_tf.cli_parser import parse_arguments
+from dynpatch_tf.distribute import make_strategy, worker_folder
 from dynpatch_tf.image_files import list_image_files, map_image_files
 from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
@@ -89,13 +91,27 @@ def _train(args):
     sizes = {"base_size": args.base_size, "min_size": args.min_patch_size}
     thresholds = _thresholds(args.thresholds, args.base_size or BASE_SIZE,
                              args.min_patch_size or MIN_PATCH_SIZE)
+    with _reported(prefix="--strategy: "):  # first: a multi-worker one precedes any op
+        strategy = make_strategy(args.strategy)
     training, validation, class_names = _load_datasets(args, training=True)
     keras.utils.set_random_seed(args.seed)
-    with _reported(ValueError, TypeError, prefix="cannot build the model: "):
-        model = _train_model(args, class_names, thresholds, sizes)
-    print(f"Classes: {', '.join(class_names)}")
-    fit_and_save(model, training, validation, args.output, args.epochs,
-                 args.learning_rate, _verbosity(args), args.tensorboard)
+    with strategy.scope():
+        with _reported(ValueError, TypeError, prefix="cannot build the model: "):
+            model = _train_model(args, class_names, thresholds, sizes)
+        print(f"Classes: {', '.join(class_names)}")
+        try:
+            fit_and_save(model, training, validation, worker_folder(args.output, strategy),
+                         args.epochs, args.learning_rate, _verbosity(args), args.tensorboard)
+        except tf.errors.UnavailableError as error:  # a worker of the cluster stopped
+            raise CommandError(_lost_worker(error)) from None
+
+
+def _lost_worker(error):
+    """What `train` says when a multi-worker job loses a worker (TensorFlow aborts the others)."""
+    tasks = [line.strip() for line in error.message.splitlines() if line.strip().startswith("/job:")]
+    return (f"the cluster lost {', '.join(tasks) or 'a worker'} (UnavailableError). Restart: "
+            "start every worker again with the same command; each resumes after the last "
+            "epoch it finished (its backup/ folder).")
 
 
 def _train_model(args, class_names, thresholds, sizes):
@@ -108,6 +124,7 @@ def _train_model(args, class_names, thresholds, sizes):
         embed_dim=args.embed_dim,
         width_multiplier=args.width_multiplier,
         attention_filters=args.attention_filters,
+        synchronized_batch_norm=args.sync_batch_norm,
         # Only the sizes given: the model's own defaults otherwise.
         **{name: size for name, size in sizes.items() if size is not None},
         **getattr(args, "model_options", {}),

@@ -10,6 +10,7 @@ import json
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
+from dynpatch_tf.distribute import STRATEGIES
 from dynpatch_tf.image_files import IMAGE_EXTENSIONS
 from dynpatch_tf.needles import NEEDLE_KINDS
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
@@ -64,7 +65,9 @@ def _add_train_parser(commands):
         "needles images. Writes OUTPUT/model.keras, OUTPUT/checkpoints/ (one model "
         "per epoch) and OUTPUT/history.json (metrics per epoch). A killed run "
         "resumes where it stopped when started again with the same arguments "
-        "(the state is backed up in OUTPUT/backup/ after every epoch).",
+        "(the state is backed up in OUTPUT/backup/ after every epoch). With "
+        "--strategy multiworker every worker runs this command; the chief writes "
+        "to OUTPUT, worker N to OUTPUT/worker-N.",
     )
     _add_data_arguments(parser, default_seed=0)
     parser.add_argument("--validation-split", type=float, default=0.2,
@@ -100,6 +103,15 @@ def _add_train_parser(commands):
                         "matching flags, and flags given on the command line win")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs to OUTPUT/logs")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="default",
+                        help="tf.distribute strategy: one device, mirrored over this host's "
+                        "GPUs, or multiworker over the hosts TF_CONFIG names; each batch "
+                        "of --batch-size images is split over the replicas")
+    parser.add_argument("--sync-batch-norm", action="store_true",
+                        help="with several replicas, BatchNorm normalises by the whole "
+                        "batch's statistics, so a step equals one device's step (an "
+                        "all-reduce per BatchNorm layer per step); otherwise by each "
+                        "replica's own")
     parser.add_argument("--augment", action="store_true",
                         help="randomly rotate, zoom and distort the training images (not the "
                         "validation images) at every epoch")
@@ -243,7 +255,8 @@ CONFIG_FLAGS = {
     "model": {"thresholds": "thresholds", "penalty_weight": "penalty_weight",
               "token_size": "token_size", "embed_dim": "embed_dim",
               "width_multiplier": "width_multiplier", "attention_filters": "attention_filters",
-              "base_size": "base_size", "min_size": "min_patch_size"},
+              "base_size": "base_size", "min_size": "min_patch_size",
+              "synchronized_batch_norm": "sync_batch_norm"},
     "training": {"learning_rate": "learning_rate", "epochs": "epochs",
                  "batch_size": "batch_size", "validation_split": "validation_split"},
 }
