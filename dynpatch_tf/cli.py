@@ -5,7 +5,7 @@ for a few-minute tour on generated data: it trains a small model, prints its
 accuracy and patch counts, saves and exports it and draws pictures.
 
 The arguments are defined in `dynpatch_tf.cli_parser`; the work in the library
-(`training`, `inference.embed_files`, `visualize.draw_files`, `export`, `demo`):
+(`training`, `beam_embedding`, `visualize.draw_files`, `export`, `demo`):
 each command here checks its arguments, calls them and prints what they return.
 
 Examples:
@@ -21,14 +21,13 @@ dynpatch calibrate photos/ --model run/model.keras --patch-fraction 0.15
 """
 
 import contextlib
-import csv
 import importlib.util
 import json
+import logging
 import os
 import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from dynpatch_tf import demo
@@ -38,7 +37,6 @@ from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEED
 from dynpatch_tf.cli_parser import parse_arguments
 from dynpatch_tf.distribute import make_strategy, worker_folder
 from dynpatch_tf.image_files import list_image_files, map_image_files
-from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 from dynpatch_tf.training import compile_classifier, describe_counts, fit_and_save, patch_counts
@@ -171,19 +169,35 @@ def _evaluate(args):
 
 
 def _embed(args):
-    with _reported():
-        paths = list_image_files(args.images)
-    embedded = embed_files(_load_model(args.model), paths, _verbosity(args))
-    _report_skipped(embedded.skipped)
-    if not embedded.paths:
+    runner = {"runner": args.runner} if args.runner else {}
+    with _beam_warnings_hidden(not args.verbose):
+        try:
+            from dynpatch_tf import beam_embedding
+        except ImportError as error:
+            raise CommandError(f'embed runs on Apache Beam: pip install "dynpatch_tf[beam]" '
+                               f"({error})") from None
+        with _reported():
+            job = beam_embedding.run_embedding_job(args.images, args.model, args.output,
+                                                   pipeline_args=args.pipeline_args, **runner)
+    if os.path.isdir(args.output):  # a local output: say which files failed, and why
+        _report_skipped(beam_embedding.read_errors(args.output))
+    print(f"Embedded {job.embedded} images into {os.path.join(args.output, 'embeddings')}; "
+          f"{job.failed} files could not be embedded ({os.path.join(args.output, 'errors')}).")
+    if not job.embedded:
         raise CommandError("no image could be embedded.")
-    os.makedirs(args.output, exist_ok=True)
-    np.save(os.path.join(args.output, "embeddings.npy"), embedded.embeddings)
-    with open(os.path.join(args.output, "embeddings.csv"), "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["path", "num_patches"])
-        writer.writerows(zip(embedded.paths, embedded.num_patches.tolist()))
-    print(f"Wrote {len(embedded.paths)} embeddings to {args.output}")
+
+
+@contextlib.contextmanager
+def _beam_warnings_hidden(hide):
+    """Hides logged warnings inside: Beam logs "apitools not found" at import
+    without the Google Cloud clients, and RunInference a note on memory
+    metrics without torch; errors still show, and --verbose shows all."""
+    if hide:
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _visualize(args):

@@ -7,6 +7,7 @@ command `args.command` names. The defaults the help texts state are here too.
 import argparse
 import inspect
 import json
+import sys
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
@@ -137,11 +138,14 @@ def _add_evaluate_parser(commands):
 def _add_image_file_parsers(commands):
     """`embed` (a model needed) and `visualize` (an untrained model by default)."""
     embed = _add_command(
-        commands, "embed", "embed image files",
-        "Embed image files with a model. Writes OUTPUT/embeddings.npy (the pooled "
-        "embeddings, [n, D] float32) and OUTPUT/embeddings.csv (path and patch count "
-        "of each row). Files that cannot be read or embedded are reported on stderr "
-        "and skipped.",
+        commands, "embed", "embed image files on Apache Beam",
+        "Embed image files with a model in an Apache Beam pipeline (RunInference; "
+        "needs the beam extra). Writes Parquet files: OUTPUT/embeddings/part-*.parquet "
+        "(path, height, width, num_patches and embedding, the pooled embedding, per "
+        "image) and OUTPUT/errors/part-*.parquet (path and error of each file that "
+        "could not be decoded or embedded; the job goes on). Arguments after -- are "
+        "Beam pipeline options, e.g. -- --direct_num_workers=2, or for Dataflow "
+        "-- --project=P --region=R --temp_location=gs://B/tmp.",
     )
     visualize = _add_command(
         commands, "visualize", "draw patches, complexity and attention",
@@ -149,8 +153,12 @@ def _add_image_file_parsers(commands):
         "quadtree patches (outlines coloured by size: 64 px red, 32 yellow, 16 cyan, "
         "8 green), the complexity map, and the attention weights over the image.",
     )
-    for parser, model_required in ((embed, True), (visualize, False)):
-        _add_images_arguments(parser, model_required)
+    _add_images_arguments(embed, model_required=True, beam=True)
+    _add_images_arguments(visualize, model_required=False)
+    embed.add_argument("--runner",
+                       help="Beam runner, e.g. FlinkRunner, SparkRunner, DataflowRunner "
+                       "(default: FnApiRunner, Beam's runner in this process; DirectRunner "
+                       "first fetches Beam's Prism runner from GitHub)")
 
 
 def _add_export_parser(commands):
@@ -232,19 +240,23 @@ def _add_data_arguments(parser, default_seed):
                         "initial weights")
 
 
-def _add_model_argument(parser, required):
+def _add_model_argument(parser, required, saved_model=False):
     parser.add_argument(
         "--model", required=required, metavar="PATH",
         help="a .keras file saved by `dynpatch train`"
+        + (", or a SavedModel version folder written by `dynpatch export`" if saved_model else "")
         + ("" if required else " (default: an untrained DynamicPatchModel)"),
     )
 
 
-def _add_images_arguments(parser, model_required):
-    _add_model_argument(parser, model_required)
+def _add_images_arguments(parser, model_required, beam=False):
+    """`--model`, IMAGE... and `--output`; with `beam`, SavedModels and file patterns too."""
+    _add_model_argument(parser, model_required, saved_model=beam)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, or folders searched recursively for "
-                        + ", ".join(IMAGE_EXTENSIONS) + " files")
+                        + ", ".join(IMAGE_EXTENSIONS) + " files"
+                        + (", or file patterns (*, **); local, or any file system Beam "
+                           "reads (gs://, s3://, ...)" if beam else ""))
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write to")
 
 
@@ -269,9 +281,16 @@ def parse_arguments(argv=None):
     (`CONFIG_FLAGS`) and the arguments are parsed again, so a flag given on the
     command line overrides the file. `args.model_options` holds the "model"
     entries no flag takes (e.g. `sigma`, `attention_activation`).
+    `args.pipeline_args` holds the arguments after `--`: Beam pipeline options
+    of `embed`.
     """
     parser = build_parser()
+    argv, pipeline_args = _split_pipeline_args(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    if pipeline_args and args.command != "embed":
+        parser.error(f"arguments after -- are Beam pipeline options, for embed only: "
+                     f"{' '.join(pipeline_args)}")
+    args.pipeline_args = pipeline_args
     if getattr(args, "config", None) is None:
         return args
     train = _subparser(parser, "train")
@@ -283,8 +302,16 @@ def parse_arguments(argv=None):
         train.error(f"--config {args.config}: {error}")
     train.set_defaults(**flags)
     args = parser.parse_args(argv)
-    args.model_options = options
+    args.model_options, args.pipeline_args = options, []
     return args
+
+
+def _split_pipeline_args(argv):
+    """`(arguments, Beam pipeline options)`: `argv` before and after its first `--`."""
+    if "--" not in argv:
+        return argv, []
+    split = argv.index("--")
+    return argv[:split], argv[split + 1:]
 
 
 def _config_defaults(config):

@@ -4,7 +4,7 @@ The single-file side of the library, shared by the folder pipeline
 (`dynpatch_tf.data`), the per-file loops (`dynpatch_tf.inference.embed_files`,
 `dynpatch_tf.visualize.draw_files`) and the command line: which files count
 as images (`IMAGE_EXTENSIONS`, `list_image_files`), how a file is decoded
-(`read_image`), the loop that uses each file and reports those it cannot
+(`read_image`, `decode_image`), the loop that uses each file and reports those it cannot
 (`map_image_files`, `SkippedFile`, `clean_op_message`, `too_small_reason`),
 and the offline sample photos of scikit-image (`sample_photo`).
 
@@ -76,11 +76,9 @@ def list_image_files(inputs):
 
 
 def read_image(path, dtype=tf.float32):
-    """Reads a JPEG, PNG, BMP or GIF file as an RGB image.
+    """Reads a JPEG, PNG, BMP or GIF file as an RGB image (see `decode_image`).
 
-    Grayscale is repeated to 3 channels, alpha is dropped and an animated
-    GIF gives its first frame. Works eagerly and inside `tf.data` or
-    `tf.function` graphs.
+    Works eagerly and inside `tf.data` or `tf.function` graphs.
 
     Args:
         path: the file's path, a string or a string tensor.
@@ -99,9 +97,33 @@ def read_image(path, dtype=tf.float32):
     >>> image.shape, image.dtype
     (TensorShape([480, 640, 3]), tf.float32)
     """
-    return tf.io.decode_image(
-        tf.io.read_file(path), channels=3, expand_animations=False, dtype=dtype
-    )
+    return decode_image(tf.io.read_file(path), dtype)
+
+
+def decode_image(data, dtype=tf.float32):
+    """Decodes the bytes of a JPEG, PNG, BMP or GIF file as an RGB image.
+
+    Grayscale is repeated to 3 channels, alpha is dropped and an animated
+    GIF gives its first frame; the format is read from the bytes, not from a
+    file name.
+
+    Args:
+        data: the encoded bytes, a string or a string tensor.
+        dtype: `tf.float32` for values in [0, 1], or `tf.uint8` for 0..255.
+
+    Returns:
+        A `[H, W, 3]` tensor of `dtype`.
+
+    Raises:
+        tf.errors.OpError: when the bytes cannot be decoded (eagerly; in a
+            graph, when it runs).
+
+    Example:
+
+    >>> decode_image(tf.io.encode_png(tf.zeros([2, 3, 1], tf.uint8))).shape
+    TensorShape([2, 3, 3])
+    """
+    return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=dtype)
 
 
 def sample_photo(name, channels=3):
@@ -157,9 +179,19 @@ def sample_photo(name, channels=3):
 
 
 def clean_op_message(message):
-    """Drops TF's `{{function_node ...}}` prefix and `[Op:...] name: ...` suffix."""
+    """The reason in a TensorFlow op error's message, without TF's decorations.
+
+    Drops the `{{function_node ...}}` prefix and `[Op:...] name: ...` suffix
+    of eager errors; of a graph's error, the traceback of where the op was
+    defined and the `[[{{node ...}}]]` suffix; of a failed assertion, all
+    but its message.
+    """
+    if message.startswith("Graph execution error:"):
+        message = message.split("\n\n")[-1]  # after the traceback of the op's definition
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.DOTALL)
+    message = re.sub(r"\s*(\[Op:\w+\]|\[\[\{\{node ).*$", "", message, flags=re.DOTALL)
+    assertion = re.match(r"assertion failed: \[(.*?)\]", message)
+    return assertion.group(1).strip() if assertion else message
 
 
 def too_small_reason(size, min_side):

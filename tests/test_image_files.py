@@ -53,6 +53,17 @@ def test_clean_op_message_drops_the_function_node_and_op_parts():
     assert clean_op_message("plain message") == "plain message"
 
 
+def test_clean_op_message_keeps_the_message_of_a_failed_graph_assertion():
+    @tf.function
+    def check(x):
+        tf.debugging.assert_positive(x, message="sides must be positive")
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        check(tf.constant([-1]))
+    assert "Graph execution error" in error.value.message
+    assert clean_op_message(error.value.message) == "sides must be positive."
+
+
 def test_list_image_files_searches_folders_and_keeps_files(tmp_path):
     for name in ("b.png", "a.JPG", "sub/c.gif", "notes.txt", "sub/deeper/d.bmp"):
         write(tmp_path / "photos" / name, b"")
