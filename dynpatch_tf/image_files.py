@@ -182,12 +182,14 @@ def clean_op_message(message):
     """The reason in a TensorFlow op error's message, without TF's decorations.
 
     Drops the `{{function_node ...}}` prefix and `[Op:...] name: ...` suffix
-    of eager errors; of a graph's error, the traceback of where the op was
-    defined and the `[[{{node ...}}]]` suffix; of a failed assertion, all
-    but its message.
+    of eager errors; of a graph's error, the "Detected at node ..." traceback
+    of where the op was defined and the `[[{{node ...}}]]` suffix; of a failed
+    assertion, all but its message.
     """
-    if message.startswith("Graph execution error:"):
-        message = message.split("\n\n")[-1]  # after the traceback of the op's definition
+    message = re.sub(r"^Graph execution error:\s*", "", message)
+    if message.startswith("Detected at node"):
+        message = "\n".join(line for line in message.splitlines()[1:] if line.strip()
+                            and not line.startswith("  File ") and line != "<stack traces unavailable>")
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
     message = re.sub(r"\s*(\[Op:\w+\]|\[\[\{\{node ).*$", "", message, flags=re.DOTALL)
     assertion = re.match(r"assertion failed: \[(.*?)\]", message)

@@ -25,7 +25,7 @@ from dynpatch_tf.image_files import IMAGE_EXTENSIONS, read_image
 
 GOOD = ("wide.png", "sub/square.JPG", "sub/deeper/tall.png")
 BAD = {"corrupt.png": "Invalid PNG", "text.jpg": "Unknown image file format",
-       "small.png": "must be at least 64"}
+       "small.png": "images height and width must be at least 64 (one base patch)"}
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def test_the_pipeline_embeds_every_good_image_and_writes_the_bad_ones_apart(mode
 
     errors = dict(read_errors(str(output)))
     assert set(errors) == {str(folder / name) for name in BAD}
-    for name, reason in BAD.items():
-        assert reason in errors[str(folder / name)]
-        assert "Graph execution" not in errors[str(folder / name)]
+    for name, reason in BAD.items():  # the reason alone, without TensorFlow's decorations
+        assert errors[str(folder / name)].startswith(reason)
+        assert "node" not in errors[str(folder / name)]
     assert (job.embedded, job.failed) == (len(GOOD), len(BAD))
 
 

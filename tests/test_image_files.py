@@ -62,6 +62,10 @@ def test_clean_op_message_keeps_the_message_of_a_failed_graph_assertion():
         check(tf.constant([-1]))
     assert "Graph execution error" in error.value.message
     assert clean_op_message(error.value.message) == "sides must be positive."
+    # As a SavedModel's function reports it.
+    loaded = ("Detected at node Assert defined at (most recent call last):\n<stack traces unavailable>\n"
+              "assertion failed: [images too small] [x] [32]\n\t [[{{node Assert}}]]")
+    assert clean_op_message(loaded) == "images too small"
 
 
 def test_list_image_files_searches_folders_and_keeps_files(tmp_path):
