@@ -189,9 +189,7 @@ def _embed(args):
 
 @contextlib.contextmanager
 def _beam_warnings_hidden(hide):
-    """Hides logged warnings inside: Beam logs "apitools not found" at import
-    without the Google Cloud clients, and RunInference a note on memory
-    metrics without torch; errors still show, and --verbose shows all."""
+    """Hides logged warnings inside (Beam's notes on missing Google Cloud clients and torch)."""
     if hide:
         logging.disable(logging.WARNING)
     try:

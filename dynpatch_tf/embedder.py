@@ -216,17 +216,12 @@ class PatchEmbedder(keras.layers.Layer):
     runs the whole batch at once, since BatchNorm's batch statistics depend on
     it and the gradient tape keeps every chunk's activations anyway.
 
-    Under a `tf.distribute` strategy with several replicas, BatchNorm in
-    training normalises each replica's patches by their own statistics and
-    each replica updates its own moving statistics (Keras' default; the saved
-    model holds the first replica's). With `synchronized_batch_norm=True` the
-    statistics are those of the global batch's patches (an all-reduce per
-    BatchNorm layer per step): a step then equals one device's step on the
-    whole batch, and every replica keeps the same moving statistics. Every
-    replica must then join every all-reduce, so in training the network runs
-    on each replica's flat batch outside `map_chunks`' `tf.cond` (which skips
-    zero patches), a replica without patches on one blank patch
-    (`call_on_rows`).
+    Under a `tf.distribute` strategy, BatchNorm in training normalises each
+    replica's patches by their own statistics, and each replica keeps its own
+    moving statistics (Keras' default). `synchronized_batch_norm=True` uses
+    the global batch's (an all-reduce per layer and step), so a step equals
+    one device's; every replica must then join each all-reduce, and the
+    network runs through `call_on_rows` instead of `map_chunks`' `tf.cond`.
 
     Args:
         embed_dim: D, the size of each patch embedding.
