@@ -51,7 +51,9 @@ def main(argv=None):
         with filtered_stderr(keep_all=os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"):
             import tensorflow as tf
 
-            tf.config.list_logical_devices()  # finds the devices now: cuInit
+            # Finds the devices now (cuInit), but leaves the runtime unstarted, so
+            # that a multi-worker strategy can still set up its collective ops.
+            tf.config.list_physical_devices()
             from dynpatch_tf import cli
     return cli.main(argv)
 

@@ -5,7 +5,7 @@ for a few-minute tour on generated data: it trains a small model, prints its
 accuracy and patch counts, saves and exports it and draws pictures.
 
 The arguments are defined in `dynpatch_tf.cli_parser`; the work in the library
-(`training`, `inference.embed_files`, `visualize.draw_files`, `export`, `demo`):
+(`training`, `beam_embedding`, `visualize.draw_files`, `export`, `demo`):
 each command here checks its arguments, calls them and prints what they return.
 
 Examples:
@@ -21,14 +21,13 @@ dynpatch calibrate photos/ --model run/model.keras --patch-fraction 0.15
 """
 
 import contextlib
-import csv
 import importlib.util
 import json
+import logging
 import os
 import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from dynpatch_tf import demo
@@ -36,8 +35,8 @@ from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
 from dynpatch_tf.cli_parser import parse_arguments
+from dynpatch_tf.distribute import make_strategy, worker_folder
 from dynpatch_tf.image_files import error_reason, list_image_files, map_image_files
-from dynpatch_tf.inference import embed_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 from dynpatch_tf.training import compile_classifier, describe_counts, fit_and_save, patch_counts
@@ -92,14 +91,28 @@ def _train(args):
     sizes = {"base_size": args.base_size, "min_size": args.min_patch_size}
     thresholds = _thresholds(args.thresholds, args.base_size or BASE_SIZE,
                              args.min_patch_size or MIN_PATCH_SIZE)
+    with _reported(prefix="--strategy: "):  # first: a multi-worker one precedes any op
+        strategy = make_strategy(args.strategy)
     training, validation, class_names = _load_datasets(args, training=True)
     keras.utils.set_random_seed(args.seed)
-    with _reported(ValueError, TypeError, prefix="cannot build the model: "):
-        model = _train_model(args, class_names, thresholds, sizes)
-    print(f"Classes: {', '.join(class_names)}")
-    with _reported(tf.errors.OpError, prefix="training stopped: "):
-        fit_and_save(model, training, validation, args.output, args.epochs,
-                     args.learning_rate, _verbosity(args), args.tensorboard)
+    with strategy.scope():
+        with _reported(ValueError, TypeError, prefix="cannot build the model: "):
+            model = _train_model(args, class_names, thresholds, sizes)
+        print(f"Classes: {', '.join(class_names)}")
+        with _reported(tf.errors.OpError, prefix="training stopped: "):
+            try:
+                fit_and_save(model, training, validation, worker_folder(args.output, strategy),
+                             args.epochs, args.learning_rate, _verbosity(args), args.tensorboard)
+            except tf.errors.UnavailableError as error:  # a worker of the cluster stopped
+                raise CommandError(_lost_worker(error)) from None
+
+
+def _lost_worker(error):
+    """What `train` says when a multi-worker job loses a worker (TensorFlow aborts the others)."""
+    tasks = [line.strip() for line in error.message.splitlines() if line.strip().startswith("/job:")]
+    return (f"the cluster lost {', '.join(tasks) or 'a worker'} (UnavailableError). Restart: "
+            "start every worker again with the same command; each resumes after the last "
+            "epoch it finished (its backup/ folder).")
 
 
 def _train_model(args, class_names, thresholds, sizes):
@@ -112,6 +125,7 @@ def _train_model(args, class_names, thresholds, sizes):
         embed_dim=args.embed_dim,
         width_multiplier=args.width_multiplier,
         attention_filters=args.attention_filters,
+        synchronized_batch_norm=args.sync_batch_norm,
         # Only the sizes given: the model's own defaults otherwise.
         **{name: size for name, size in sizes.items() if size is not None},
         **getattr(args, "model_options", {}),
@@ -160,19 +174,33 @@ def _evaluate(args):
 
 
 def _embed(args):
-    with _reported():
-        paths = list_image_files(args.images)
-    embedded = embed_files(_load_model(args.model), paths, _verbosity(args))
-    _report_skipped(embedded.skipped)
-    if not embedded.paths:
+    runner = {"runner": args.runner} if args.runner else {}
+    with _beam_warnings_hidden(not args.verbose):
+        try:
+            from dynpatch_tf import beam_embedding
+        except ImportError as error:
+            raise CommandError(f'embed runs on Apache Beam: pip install "dynpatch_tf[beam]" '
+                               f"({error})") from None
+        with _reported():
+            job = beam_embedding.run_embedding_job(args.images, args.model, args.output,
+                                                   pipeline_args=args.pipeline_args, **runner)
+    if os.path.isdir(args.output):  # a local output: say which files failed, and why
+        _report_skipped(beam_embedding.read_errors(args.output))
+    print(f"Embedded {job.embedded} images into {os.path.join(args.output, 'embeddings')}; "
+          f"{job.failed} files could not be embedded ({os.path.join(args.output, 'errors')}).")
+    if not job.embedded:
         raise CommandError("no image could be embedded.")
-    os.makedirs(args.output, exist_ok=True)
-    np.save(os.path.join(args.output, "embeddings.npy"), embedded.embeddings)
-    with open(os.path.join(args.output, "embeddings.csv"), "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["path", "num_patches"])
-        writer.writerows(zip(embedded.paths, embedded.num_patches.tolist()))
-    print(f"Wrote {len(embedded.paths)} embeddings to {args.output}")
+
+
+@contextlib.contextmanager
+def _beam_warnings_hidden(hide):
+    """Hides logged warnings inside (Beam's notes on missing Google Cloud clients and torch)."""
+    if hide:
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _visualize(args):

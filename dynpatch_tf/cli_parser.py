@@ -7,9 +7,11 @@ command `args.command` names. The defaults the help texts state are here too.
 import argparse
 import inspect
 import json
+import sys
 
 from dynpatch_tf import demo
 from dynpatch_tf.augment import make_augmentation
+from dynpatch_tf.distribute import STRATEGIES
 from dynpatch_tf.image_files import IMAGE_EXTENSIONS
 from dynpatch_tf.needles import NEEDLE_KINDS
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
@@ -64,7 +66,9 @@ def _add_train_parser(commands):
         "needles images. Writes OUTPUT/model.keras, OUTPUT/checkpoints/ (one model "
         "per epoch) and OUTPUT/history.json (metrics per epoch). A killed run "
         "resumes where it stopped when started again with the same arguments "
-        "(the state is backed up in OUTPUT/backup/ after every epoch).",
+        "(the state is backed up in OUTPUT/backup/ after every epoch). With "
+        "--strategy multiworker every worker runs this command; the chief writes "
+        "to OUTPUT, worker N to OUTPUT/worker-N.",
     )
     _add_data_arguments(parser, default_seed=0)
     parser.add_argument("--validation-split", type=float, default=0.2,
@@ -100,6 +104,15 @@ def _add_train_parser(commands):
                         "matching flags, and flags given on the command line win")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs to OUTPUT/logs")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="default",
+                        help="tf.distribute strategy: one device, mirrored over this host's "
+                        "GPUs, or multiworker over the hosts TF_CONFIG names; each batch "
+                        "of --batch-size images is split over the replicas")
+    parser.add_argument("--sync-batch-norm", action="store_true",
+                        help="with several replicas, BatchNorm normalises by the whole "
+                        "batch's statistics, so a step equals one device's step (an "
+                        "all-reduce per BatchNorm layer per step); otherwise by each "
+                        "replica's own")
     parser.add_argument("--augment", action="store_true",
                         help="randomly rotate, zoom and distort the training images (not the "
                         "validation images) at every epoch")
@@ -125,11 +138,14 @@ def _add_evaluate_parser(commands):
 def _add_image_file_parsers(commands):
     """`embed` (a model needed) and `visualize` (an untrained model by default)."""
     embed = _add_command(
-        commands, "embed", "embed image files",
-        "Embed image files with a model. Writes OUTPUT/embeddings.npy (the pooled "
-        "embeddings, [n, D] float32) and OUTPUT/embeddings.csv (path and patch count "
-        "of each row). Files that cannot be read or embedded are reported on stderr "
-        "and skipped.",
+        commands, "embed", "embed image files on Apache Beam",
+        "Embed image files with a model in an Apache Beam pipeline (RunInference; "
+        "needs the beam extra). Writes Parquet files: OUTPUT/embeddings/part-*.parquet "
+        "(path, height, width, num_patches and embedding, the pooled embedding, per "
+        "image) and OUTPUT/errors/part-*.parquet (path and error of each file that "
+        "could not be decoded or embedded; the job goes on). Arguments after -- are "
+        "Beam pipeline options, e.g. -- --direct_num_workers=2, or for Dataflow "
+        "-- --project=P --region=R --temp_location=gs://B/tmp.",
     )
     visualize = _add_command(
         commands, "visualize", "draw patches, complexity and attention",
@@ -137,8 +153,12 @@ def _add_image_file_parsers(commands):
         "quadtree patches (outlines coloured by size: 64 px red, 32 yellow, 16 cyan, "
         "8 green), the complexity map, and the attention weights over the image.",
     )
-    for parser, model_required in ((embed, True), (visualize, False)):
-        _add_images_arguments(parser, model_required)
+    _add_images_arguments(embed, model_required=True, beam=True)
+    _add_images_arguments(visualize, model_required=False)
+    embed.add_argument("--runner",
+                       help="Beam runner, e.g. FlinkRunner, SparkRunner, DataflowRunner "
+                       "(default: FnApiRunner, Beam's runner in this process; DirectRunner "
+                       "first fetches Beam's Prism runner from GitHub)")
 
 
 def _add_export_parser(commands):
@@ -220,19 +240,23 @@ def _add_data_arguments(parser, default_seed):
                         "initial weights")
 
 
-def _add_model_argument(parser, required):
+def _add_model_argument(parser, required, saved_model=False):
     parser.add_argument(
         "--model", required=required, metavar="PATH",
         help="a .keras file saved by `dynpatch train`"
+        + (", or a SavedModel version folder written by `dynpatch export`" if saved_model else "")
         + ("" if required else " (default: an untrained DynamicPatchModel)"),
     )
 
 
-def _add_images_arguments(parser, model_required):
-    _add_model_argument(parser, model_required)
+def _add_images_arguments(parser, model_required, beam=False):
+    """`--model`, IMAGE... and `--output`; with `beam`, SavedModels and file patterns too."""
+    _add_model_argument(parser, model_required, saved_model=beam)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, or folders searched recursively for "
-                        + ", ".join(IMAGE_EXTENSIONS) + " files")
+                        + ", ".join(IMAGE_EXTENSIONS) + " files"
+                        + (", or file patterns (*, **); local, or any file system Beam "
+                           "reads (gs://, s3://, ...)" if beam else ""))
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write to")
 
 
@@ -243,7 +267,8 @@ CONFIG_FLAGS = {
     "model": {"thresholds": "thresholds", "penalty_weight": "penalty_weight",
               "token_size": "token_size", "embed_dim": "embed_dim",
               "width_multiplier": "width_multiplier", "attention_filters": "attention_filters",
-              "base_size": "base_size", "min_size": "min_patch_size"},
+              "base_size": "base_size", "min_size": "min_patch_size",
+              "synchronized_batch_norm": "sync_batch_norm"},
     "training": {"learning_rate": "learning_rate", "epochs": "epochs",
                  "batch_size": "batch_size", "validation_split": "validation_split"},
 }
@@ -256,9 +281,16 @@ def parse_arguments(argv=None):
     (`CONFIG_FLAGS`) and the arguments are parsed again, so a flag given on the
     command line overrides the file. `args.model_options` holds the "model"
     entries no flag takes (e.g. `sigma`, `attention_activation`).
+    `args.pipeline_args` holds the arguments after `--`: Beam pipeline options
+    of `embed`.
     """
     parser = build_parser()
+    argv, pipeline_args = _split_pipeline_args(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    if pipeline_args and args.command != "embed":
+        parser.error(f"arguments after -- are Beam pipeline options, for embed only: "
+                     f"{' '.join(pipeline_args)}")
+    args.pipeline_args = pipeline_args
     if getattr(args, "config", None) is None:
         return args
     train = _subparser(parser, "train")
@@ -270,8 +302,16 @@ def parse_arguments(argv=None):
         train.error(f"--config {args.config}: {error}")
     train.set_defaults(**flags)
     args = parser.parse_args(argv)
-    args.model_options = options
+    args.model_options, args.pipeline_args = options, []
     return args
+
+
+def _split_pipeline_args(argv):
+    """`(arguments, Beam pipeline options)`: `argv` before and after its first `--`."""
+    if "--" not in argv:
+        return argv, []
+    split = argv.index("--")
+    return argv[:split], argv[split + 1:]
 
 
 def _config_defaults(config):

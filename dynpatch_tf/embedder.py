@@ -10,7 +10,9 @@ import math
 import keras
 import tensorflow as tf
 
-from dynpatch_tf.patch_ops import build_sequence, check_chunk_size, flat_patches, flat_shape, map_chunks
+from dynpatch_tf.patch_ops import (
+    build_sequence, call_on_rows, check_chunk_size, flat_patches, flat_shape, map_chunks,
+)
 
 # (expansion, channels, repeats, stride) per stage, as in the MobileNetV2
 # paper's table; expansion None means the embedder's `expansion` argument.
@@ -68,6 +70,14 @@ def fit_strides(size, strides, min_feature_size=2):
     return fitted
 
 
+def batch_norm(layer, name):
+    """A BatchNormalization with `layer`'s momentum, epsilon, synchronization and dtype."""
+    return keras.layers.BatchNormalization(
+        momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
+        synchronized=layer.synchronized_batch_norm, dtype=layer.dtype_policy, name=name,
+    )
+
+
 def conv_bn(conv, bn, x, training, relu6=True):
     """conv -> BatchNorm (-> ReLU6)."""
     x = bn(conv(x), training=training)
@@ -93,6 +103,8 @@ class InvertedResidual(keras.layers.Layer):
             the moving statistics then lag far behind in short runs and
             inference breaks; 0.9 settles within a few dozen steps.
         bn_epsilon: BatchNormalization epsilon.
+        synchronized_batch_norm: BatchNormalization's `synchronized` (see
+            `PatchEmbedder`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Input shape:
@@ -111,13 +123,14 @@ class InvertedResidual(keras.layers.Layer):
     """
 
     def __init__(self, filters, expansion=6, strides=1, bn_momentum=0.9, bn_epsilon=1e-3,
-                 **kwargs):
+                 synchronized_batch_norm=False, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.expansion = int(expansion)
         self.strides = int(strides)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
+        self.synchronized_batch_norm = bool(synchronized_batch_norm)
         if self.expansion < 1 or self.strides < 1:
             raise ValueError(
                 f"expansion and strides must be >= 1; got {expansion}, {strides}."
@@ -128,19 +141,13 @@ class InvertedResidual(keras.layers.Layer):
             3, strides=self.strides, padding="same", use_bias=False,
             dtype=self.dtype_policy, name="depthwise",
         )
-        self.depthwise_bn = self._bn("depthwise_bn")
+        self.depthwise_bn = batch_norm(self, "depthwise_bn")
         self.project_conv = self._conv(self.filters, "project_conv")
-        self.project_bn = self._bn("project_bn")
+        self.project_bn = batch_norm(self, "project_bn")
 
     def _conv(self, filters, name):
         return keras.layers.Conv2D(
             filters, 1, use_bias=False, dtype=self.dtype_policy, name=name
-        )
-
-    def _bn(self, name):
-        return keras.layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            dtype=self.dtype_policy, name=name,
         )
 
     def _sublayers(self):
@@ -155,7 +162,7 @@ class InvertedResidual(keras.layers.Layer):
         self.use_residual = self.strides == 1 and channels == self.filters
         if self.expansion > 1:
             self.expand_conv = self._conv(channels * self.expansion, "expand_conv")
-            self.expand_bn = self._bn("expand_bn")
+            self.expand_bn = batch_norm(self, "expand_bn")
         build_sequence(self._sublayers(), input_shape)
 
     def call(self, inputs, training=None):
@@ -179,6 +186,7 @@ class InvertedResidual(keras.layers.Layer):
             strides=self.strides,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            synchronized_batch_norm=self.synchronized_batch_norm,
         )
         return config
 
@@ -208,6 +216,13 @@ class PatchEmbedder(keras.layers.Layer):
     runs the whole batch at once, since BatchNorm's batch statistics depend on
     it and the gradient tape keeps every chunk's activations anyway.
 
+    Under a `tf.distribute` strategy, BatchNorm in training normalises each
+    replica's patches by their own statistics, and each replica keeps its own
+    moving statistics (Keras' default). `synchronized_batch_norm=True` uses
+    the global batch's (an all-reduce per layer and step), so a step equals
+    one device's; every replica must then join each all-reduce, and the
+    network runs through `call_on_rows` instead of `map_chunks`' `tf.cond`.
+
     Args:
         embed_dim: D, the size of each patch embedding.
         width_multiplier: MobileNetV2's alpha; scales every channel count.
@@ -226,6 +241,9 @@ class PatchEmbedder(keras.layers.Layer):
             the moving statistics then lag far behind in short runs and
             inference breaks; 0.9 settles within a few dozen steps.
         bn_epsilon: BatchNormalization epsilon.
+        synchronized_batch_norm: in training under a `tf.distribute`
+            strategy, normalise by the statistics of the global batch (see
+            above); no effect on one device.
         chunk_size: patches per network call at inference, or None (default)
             for all at once.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -248,7 +266,8 @@ class PatchEmbedder(keras.layers.Layer):
 
     def __init__(self, embed_dim=64, width_multiplier=0.5, expansion=6,
                  blocks=DEFAULT_BLOCKS, stem_filters=32, min_feature_size=2,
-                 bn_momentum=0.9, bn_epsilon=1e-3, chunk_size=None, **kwargs):
+                 bn_momentum=0.9, bn_epsilon=1e-3, synchronized_batch_norm=False,
+                 chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = False  # ragged tensors do not compile with XLA
         self.embed_dim = int(embed_dim)
@@ -259,6 +278,7 @@ class PatchEmbedder(keras.layers.Layer):
         self.min_feature_size = int(min_feature_size)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
+        self.synchronized_batch_norm = bool(synchronized_batch_norm)
         self.chunk_size = check_chunk_size(chunk_size)
         self.stem, self.stem_bn, self.blocks = None, None, []
         self.global_pool = keras.layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
@@ -303,14 +323,12 @@ class PatchEmbedder(keras.layers.Layer):
             self._channels(self.stem_filters), 3, strides=strides[0], padding="same", use_bias=False,
             dtype=self.dtype_policy, name="stem_conv",
         )
-        self.stem_bn = keras.layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            dtype=self.dtype_policy, name="stem_bn",
-        )
+        self.stem_bn = batch_norm(self, "stem_bn")
         self.blocks = [
             InvertedResidual(
                 c, expansion=t, strides=stride, bn_momentum=self.bn_momentum,
-                bn_epsilon=self.bn_epsilon, dtype=self.dtype_policy, name=f"block_{i}",
+                bn_epsilon=self.bn_epsilon, synchronized_batch_norm=self.synchronized_batch_norm,
+                dtype=self.dtype_policy, name=f"block_{i}",
             )
             for i, ((t, c, _), stride) in enumerate(zip(plan, strides[1:]))
         ]
@@ -346,6 +364,8 @@ class PatchEmbedder(keras.layers.Layer):
                 x = block(x, training=training)
             return self.embedding(self.global_pool(x))
 
+        if training and self.synchronized_batch_norm:
+            return restore(call_on_rows(embed, inputs))
         chunk_size = None if training else self.chunk_size
         return restore(map_chunks(embed, inputs, chunk_size, (self.embed_dim,), self.compute_dtype))
 
@@ -363,6 +383,7 @@ class PatchEmbedder(keras.layers.Layer):
             min_feature_size=self.min_feature_size,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            synchronized_batch_norm=self.synchronized_batch_norm,
             chunk_size=self.chunk_size,
         )
         return config

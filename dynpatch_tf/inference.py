@@ -6,10 +6,10 @@ an input signature of unknown batch size, height and width, so one trace
 serves every batch: the command line, the training helpers
 (`dynpatch_tf.training.patch_counts`) and the benchmark scripts all trace
 through it. It lives in its own module, apart from training, because
-inference code (the command's `embed`, the benchmarks) needs it without the
-training helpers. `embed_files` embeds image files one by one through it,
-skipping (and reporting) the files it cannot use: the command's `embed` is that
-function and a file writer.
+inference code (the Beam pipeline of `dynpatch embed`, the benchmarks) needs it
+without the training helpers. `embed_files` embeds image files one by one
+through it in this process, skipping (and reporting) the files it cannot use:
+for a few files from Python, without Beam (`dynpatch_tf.beam_embedding`).
 
 Example:
 

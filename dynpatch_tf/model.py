@@ -14,6 +14,12 @@ Mixed precision. The model's dtype policy (`dtype="mixed_bfloat16"` or
 and the patcher's decisions, the reductions over patches (weighted mean,
 softmax, penalty) and the head compute in float32.
 
+Distribution. Under a `tf.distribute` strategy Keras runs the steps on every
+replica and sums the gradients; each replica adds its `1 / num_replicas`
+share of the global batch's penalty (`dynpatch_tf.distribute`). Two steps
+work around Keras 3.15 under `MultiWorkerMirroredStrategy` (see
+`_maybe_symbolic_build` and `_step_metrics`).
+
 XLA. Ragged tensors do not compile with XLA: the patcher, attention and
 embedder say `supports_jit = False`, so Keras' `jit_compile="auto"` leaves XLA
 off and `jit_compile=True` falls back with a warning.
@@ -23,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from dynpatch_tf import image_ops
+from dynpatch_tf.distribute import first_replica_batch, is_multi_worker
 from dynpatch_tf.parts import PART_NAMES, check_options, default_parts
 from dynpatch_tf.patch_ops import weighted_mean
 from dynpatch_tf.penalty import check_budget, subdivision_penalty
@@ -291,17 +298,52 @@ class DynamicPatchModel(keras.Model):
         return self._step_metrics(x, y, y_pred, outputs, penalty, loss, sample_weight)
 
     def _step_loss(self, x, y, y_pred, penalty, sample_weight, training):
-        """The compiled loss plus the penalty, per replica (as Keras scales losses)."""
+        """The compiled loss plus the penalty, per replica (as Keras scales losses).
+
+        Keras divides the compiled loss by the number of replicas and sums the
+        replicas' gradients; the penalty, the global batch's on every replica
+        (`subdivision_penalty`), is divided likewise, so that its gradient
+        counts once, whatever the number of replicas.
+        """
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         penalty = penalty / tf.distribute.get_strategy().num_replicas_in_sync
         return penalty if loss is None else tf.cast(loss, tf.float32) + penalty
 
     def _step_metrics(self, x, y, y_pred, outputs, penalty, loss, sample_weight):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
+        """Updates the trackers and compiled metrics; returns the step's logs.
+
+        Under a multi-worker strategy each log is a `[1]` vector: Keras 3.15
+        averages a multi-worker step's logs over the replicas with
+        `strategy.reduce(MEAN, value, axis=0)`, which fails on scalars
+        (tensorflow/tensorflow#72388), and gives the scalar mean of `[1]`s.
+        """
+        strategy = tf.distribute.get_strategy()
+        self._loss_tracker.update_state(loss * strategy.num_replicas_in_sync,
+                                        sample_weight=tf.shape(x)[0])
         self.penalty_tracker.update_state(penalty)
         self.patches_tracker.update_state(tf.cast(outputs["boxes"].row_lengths(), tf.float32))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if is_multi_worker(strategy):
+            logs = tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' build of the compiled state before `fit`, `evaluate` or `predict`.
+
+        Keras 3.15 builds the metrics, the loss and the optimizer from one
+        batch of the data, which it averages over the replicas with a single
+        `strategy.reduce` of the whole `(x, y)` structure; a
+        `MultiWorkerMirroredStrategy` cannot reduce a structure
+        (keras-team/keras#20585). The build needs only the batch's shapes and
+        dtypes: under a multi-worker strategy it is given the first replica's
+        batch instead, taken as Keras takes its own.
+        """
+        if iterator is not None and data_batch is None and is_multi_worker(self.distribute_strategy):
+            for _, _, batches in iterator:
+                data_batch = first_replica_batch(next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
         config = super().get_config()

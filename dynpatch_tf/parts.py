@@ -43,6 +43,7 @@ OPTION_PARTS = {
     "attention_activation": ("attention",),
     "attention_filters": ("attention",),
     "width_multiplier": ("embedder",),
+    "synchronized_batch_norm": ("embedder",),
     "embed_dim": ("embedder", "position"),
     "chunk_size": ("attention", "embedder"),
     "position_encoding": ("position",),
@@ -68,6 +69,7 @@ def default_parts(
     attention_activation="sigmoid",
     attention_filters=(16, 32),
     width_multiplier=0.5,
+    synchronized_batch_norm=False,
     position_encoding=True,
     chunk_size=1024,
     include=PART_NAMES,
@@ -104,6 +106,9 @@ def default_parts(
             `"softmax"` (weights sum to 1 over an image's patches).
         attention_filters: conv filters of the attention CNN.
         width_multiplier: width of the inverted-residual embedder.
+        synchronized_batch_norm: under a `tf.distribute` strategy, the
+            embedder's BatchNorm normalises by the global batch's statistics
+            (see `PatchEmbedder`).
         position_encoding: add a learned encoding of each patch's box (centre
             and size) to its embedding.
         chunk_size: at inference, the attention CNN and the embedder run over
@@ -134,7 +139,8 @@ def default_parts(
             dtype=dtype, name="attention",
         ),
         "embedder": lambda: PatchEmbedder(
-            embed_dim=embed_dim, width_multiplier=width_multiplier, chunk_size=chunk_size,
+            embed_dim=embed_dim, width_multiplier=width_multiplier,
+            synchronized_batch_norm=synchronized_batch_norm, chunk_size=chunk_size,
             dtype=dtype, name="embedder",
         ),
         "position": lambda: (

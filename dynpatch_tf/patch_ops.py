@@ -97,6 +97,32 @@ def map_chunks(fn, flat, chunk_size, row_shape, dtype):
     return tf.cond(count > 0, run, lambda: tf.zeros([0, *row_shape], dtype))
 
 
+def call_on_rows(fn, flat):
+    """`fn` on all rows of a flat batch in one call that always runs.
+
+    For a network that must run on every call, as one whose BatchNorm
+    all-reduces its statistics over `tf.distribute` replicas (every replica
+    must join each all-reduce, and none can run inside a `tf.cond` branch, as
+    `map_chunks` runs `fn`). Zero rows are run as one blank (zero) row, cut
+    from the result, since oneDNN and XNNPACK fail on zero-row convolutions;
+    that row joins the batch statistics.
+
+    Args:
+        fn: maps a structure like `flat` of `m >= 1` rows to `m` result rows.
+        flat: an `[n, ...]` tensor, or a tuple of them with the same `n`.
+
+    Returns:
+        The `n` rows of `fn`'s result.
+    """
+    count = tf.shape(tf.nest.flatten(flat)[0])[0]
+    blank = tf.maximum(1 - count, 0)
+
+    def pad(rows):
+        return tf.pad(rows, [[0, blank]] + [[0, 0]] * (rows.shape.rank - 1))
+
+    return fn(tf.nest.map_structure(pad, flat))[:count]
+
+
 def _chunked(fn, flat, chunk_size, count):
     """`map_chunks` for `count >= 1` rows: a loop over full chunks, then the last one."""
     looped = (count + chunk_size - 1) // chunk_size - 1

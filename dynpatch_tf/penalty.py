@@ -6,6 +6,13 @@ over the count of finest (`min_size`) patches that would tile it: about
 of the finest size. Its gradient reaches the thresholds through the soft split
 probabilities (see `dynpatch_tf.quadtree`).
 
+Under a `tf.distribute` strategy, the mean is over the global batch: inside a
+replica's step the fractions' sum and count are all-reduced over the replicas
+(the all-reduce carries the gradient back to every replica), so the penalty
+is the one a single device computes on the whole batch, and a replica adds
+its `1 / num_replicas` share of it to its loss, as Keras scales the compiled
+loss.
+
 Example:
 
 >>> subdivision_penalty(tf.constant([0.2, 0.4]), weight=2.0, budget=0.15)  # 2 * (0.3 / 0.15 - 1)
@@ -18,7 +25,8 @@ import tensorflow as tf
 def subdivision_penalty(patch_fraction, weight, budget=None):
     """The penalty of a batch, from its images' soft expected patch fractions.
 
-    With `f` the batch's mean `patch_fraction` and `w` the `weight`:
+    With `f` the batch's mean `patch_fraction` (the global batch's, inside a
+    `tf.distribute` replica: see `global_batch_mean`) and `w` the `weight`:
 
     * linear (`budget=None`): `w * f`;
     * budget form: `w * max(0, f / budget - 1)`, the relative overshoot of the
@@ -47,12 +55,30 @@ def subdivision_penalty(patch_fraction, weight, budget=None):
             (0, 1].
 
     Returns:
-        A float32 scalar.
+        A float32 scalar, the same on every replica.
     """
-    fraction = tf.reduce_mean(tf.cast(patch_fraction, tf.float32))
+    fraction = global_batch_mean(patch_fraction)
     if budget is None:
         return weight * fraction
     return weight * tf.nn.relu(fraction / budget - 1.0)
+
+
+def global_batch_mean(values):
+    """The float32 mean of `values` `[B]` over the global batch.
+
+    In a replica context of a strategy with several replicas (inside
+    `strategy.run`, as Keras runs train and test steps), the local sum and
+    count are summed over the replicas with `all_reduce`, whose gradient is
+    the all-reduced gradient: the mean and its gradient are those of the
+    concatenated batch, whatever share of it each replica holds (none
+    included). Elsewhere it is `reduce_mean`. An empty batch gives 0.
+    """
+    values = tf.cast(values, tf.float32)
+    totals = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)])
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        totals = context.all_reduce(tf.distribute.ReduceOp.SUM, totals)
+    return tf.math.divide_no_nan(totals[0], totals[1])
 
 
 def check_budget(budget):

@@ -5,7 +5,6 @@ through `evaluate`, `embed` and `visualize`. Resuming a killed run is
 `fit_and_save`'s (tests/test_training.py).
 """
 
-import csv
 import json
 import os
 import re
@@ -13,6 +12,7 @@ import types
 
 import keras
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
@@ -57,12 +57,13 @@ def model(run):
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    """Three needles PNGs, a corrupt file and an image too small for the model."""
+    """Three needles PNGs, a corrupt file, a text file named .jpg and an image too small for the model."""
     folder = tmp_path_factory.mktemp("images")
     images, _ = make_needles(3, image_size=(SIZE, SIZE + 64), num_classes=2, seed=7)
     for index, image in enumerate(images):
         tf.io.write_file(str(folder / f"needles_{index}.png"), tf.io.encode_png(image))
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "text.jpg").write_text("a text file named .jpg")
     tf.io.write_file(str(folder / "small.png"), tf.io.encode_png(images[0][:32, :48]))
     return folder, images
 
@@ -92,21 +93,42 @@ def test_evaluate_prints_accuracy_loss_and_patch_counts(run, model):
     assert counts.max() > (SIZE // 64) ** 2, "the needles objects should be split"
 
 
-def test_embed_skips_bad_files_and_writes_the_others(run, model, image_folder, tmp_path, capsys):
+def test_embed_runs_a_beam_job_that_writes_good_and_bad_files_apart(run, model, image_folder,
+                                                                   tmp_path, capsys):
     folder, images = image_folder
     output = tmp_path / "embedded"
     status, log = run_main(["embed", "--model", run.model, str(folder), "--output", str(output)])
     assert status == 0
     errors = capsys.readouterr().err
     assert re.search(rf"Skipped {re.escape(str(folder / 'corrupt.png'))}: \S", errors)
-    assert re.search(rf"Skipped {re.escape(str(folder / 'small.png'))}: too small: 32x48", errors)
-    embeddings = np.load(output / "embeddings.npy")
-    with open(output / "embeddings.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
+    assert re.search(rf"Skipped {re.escape(str(folder / 'text.jpg'))}: Unknown image file format", errors)
+    assert re.search(rf"Skipped {re.escape(str(folder / 'small.png'))}: images height and width "
+                     "must be at least 64", errors)
+    assert f"Embedded 3 images into {output / 'embeddings'}; 3 files could not be embedded" in log
+    rows = sorted(pq.read_table(output / "embeddings").to_pylist(), key=lambda row: row["path"])
     assert [row["path"] for row in rows] == [str(folder / f"needles_{i}.png") for i in range(3)]
     expected = model.embed(images.astype(np.float32) / 255)
-    np.testing.assert_allclose(embeddings, expected["pooled_embedding"], rtol=1e-4, atol=1e-5)
-    assert [int(row["num_patches"]) for row in rows] == list(expected["boxes"].row_lengths())
+    np.testing.assert_allclose([row["embedding"] for row in rows], expected["pooled_embedding"],
+                               rtol=1e-4, atol=1e-5)
+    assert [row["num_patches"] for row in rows] == list(expected["boxes"].row_lengths())
+
+
+def test_embed_passes_the_runner_and_the_options_after_a_double_dash_to_beam(
+        run, monkeypatch, tmp_path, capsys):
+    from dynpatch_tf import beam_embedding
+
+    calls = []
+    monkeypatch.setattr(beam_embedding, "run_embedding_job",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or
+                        beam_embedding.EmbeddingJob(embedded=1, failed=0))
+    argv = ["embed", "--model", run.model, "photos/", "--output", "gs://b/out",
+            "--runner", "DataflowRunner", "--", "--project=p", "--region=r"]
+    assert run_main(argv)[0] == 0
+    assert calls == [((["photos/"], run.model, "gs://b/out"),
+                      {"runner": "DataflowRunner", "pipeline_args": ["--project=p", "--region=r"]})]
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", run.model, "--needles", "4", "--", "--runner=X"])
+    assert "arguments after -- are Beam pipeline options, for embed only" in capsys.readouterr().err
 
 
 def test_visualize_draws_a_picture_per_image(run, image_folder, tmp_path):
@@ -175,7 +197,7 @@ def test_export_calls_the_export_module(run, monkeypatch, tmp_path, options, cal
     (["export", "--model", "m.keras", "--format", "tflite", "--output", "x", "--name", "n",
       "--version", "2"], "--version is for --format saved_model"),
     (["embed", "--model", "m.keras", "no/such/file.png", "--output", "x"],
-     "neither a file nor a folder"),
+     "neither a file, a folder nor a file pattern"),
     (["train", "--needles", "8", "--thresholds", "0.001", "0.002", "--output", "x"],
      "--thresholds needs one value per split level: 3 for patches of 64, 32, 16, 8 px, got 2."),
     (["train", "--needles", "8", "--min-patch-size", "16", "--output", "x"],

@@ -171,6 +171,27 @@ def test_chunked_inference_gives_the_same_embeddings_and_training_ignores_chunks
     )
 
 
+def test_synchronized_batch_norm_changes_nothing_on_one_device_and_runs_zero_patches():
+    pixels = ragged_pixels([5, 0, 4])
+    local, synchronized = PatchEmbedder(**TINY), PatchEmbedder(**TINY, synchronized_batch_norm=True)
+    for layer in (local, synchronized):
+        layer.build(pixels.shape)
+    randomize_batchnorm(local)
+    synchronized.set_weights(local.get_weights())
+    batch_norms = [layer for layer in synchronized._flatten_layers()
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) == 12 and all(bn.synchronized for bn in batch_norms)  # stem, 2+3+3+3
+    for training in (False, True):
+        np.testing.assert_allclose(synchronized(pixels, training=training).values,
+                                   local(pixels, training=training).values, atol=1e-5)
+    assert synchronized.get_config()["synchronized_batch_norm"]
+    assert PatchEmbedder.from_config(synchronized.get_config()).synchronized_batch_norm
+    # Training runs the network on every call (a blank patch for none): empty output.
+    empty = tf.RaggedTensor.from_row_lengths(tf.zeros([0, P, P, 3]), tf.constant([0, 0], tf.int64))
+    traced = tf.function(lambda x: synchronized(x, training=True))
+    assert traced(empty).values.shape.as_list() == [0, D]
+
+
 def test_gradients_finite_and_nonzero():
     pixels = ragged_pixels()
     layer = PatchEmbedder(**TINY)

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.embedder import PatchEmbedder
-from dynpatch_tf.patch_ops import map_chunks, padded_patches, row_sums, segment_softmax, weighted_mean
+from dynpatch_tf.patch_ops import call_on_rows, map_chunks, padded_patches, row_sums, segment_softmax, weighted_mean
 
 P = 8
 
@@ -61,6 +61,23 @@ def test_map_chunks_never_calls_fn_on_zero_rows(chunk_size):
         assert out.shape == (count, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="zero rows"):
         tf.function(refuse_empty(rows_fn), input_signature=[spec])(tf.zeros([0, 2]))
+
+
+def test_call_on_rows_calls_fn_once_and_on_a_blank_row_for_none():
+    def offset_rows(pair):
+        rows, offsets = pair
+        return rows_fn(rows) + offsets[:, None]
+
+    spec = tf.TensorSpec([None, 2], tf.float32)
+    traced = tf.function(lambda x, y: call_on_rows(offset_rows, (x, y)),
+                         input_signature=[spec, tf.TensorSpec([None], tf.float32)])
+    rows = tf.reshape(tf.range(10, dtype=tf.float32), [5, 2])
+    offsets = tf.range(5, dtype=tf.float32)
+    np.testing.assert_array_equal(traced(rows, offsets), rows_fn(rows) + offsets[:, None])
+    assert traced(tf.zeros([0, 2]), tf.zeros([0])).shape == (0, 3)
+    seen = []
+    call_on_rows(lambda x: seen.append(x.numpy()) or x, tf.zeros([0, 2]))
+    np.testing.assert_array_equal(seen, [np.zeros((1, 2), "float32")])
 
 
 class RefuseEmpty(keras.layers.Layer):

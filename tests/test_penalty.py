@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf.penalty import check_budget, subdivision_penalty
+from dynpatch_tf.penalty import check_budget, global_batch_mean, subdivision_penalty
 
 FRACTIONS = np.array([0.1, 0.5, 0.3, 0.2], np.float32)  # mean 0.275
 
@@ -45,3 +45,9 @@ def test_budget_outside_0_1_is_refused(budget):
     with pytest.raises(ValueError, match="patch_budget must be a patch fraction in \\(0, 1\\]"):
         check_budget(budget)
     assert check_budget(None) is None and check_budget(1) == 1.0
+
+
+def test_global_batch_mean_on_one_replica_is_the_mean_and_0_for_no_images():
+    # Its all-reduce over several replicas: tests/test_distribute.py.
+    np.testing.assert_allclose(global_batch_mean(tf.constant(FRACTIONS)), FRACTIONS.mean(), rtol=1e-6)
+    assert float(global_batch_mean(tf.zeros([0]))) == 0.0
