@@ -53,7 +53,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dynpatch_tf.export import IMAGES_INPUT, IMAGES_SIGNATURE
-from dynpatch_tf.image_files import IMAGE_EXTENSIONS, SkippedFile, clean_op_message
+from dynpatch_tf.image_files import IMAGE_EXTENSIONS, SkippedFile, clean_op_message, list_image_files
 from dynpatch_tf.image_headers import decode_image
 from dynpatch_tf.inference import image_function
 
@@ -253,11 +253,14 @@ def file_patterns(inputs):
     else is a file or a pattern (`*`, `**`, `?`, `[...]`) taken as it is.
 
     Raises:
-        ValueError: for a local path without a wildcard that does not exist.
+        ValueError: for a local path without a wildcard that does not exist,
+            or a local folder with no image files.
     """
     patterns = []
     for item in inputs:
         if os.path.isdir(item) or item.endswith("/"):
+            if os.path.isdir(item):
+                list_image_files([item])  # a local folder with no image files is named now
             folder = item.rstrip("/") + "/"
             patterns += [folder + "**." + "".join(f"[{c.lower()}{c.upper()}]" for c in extension[1:])
                          for extension in IMAGE_EXTENSIONS]
