@@ -78,12 +78,16 @@ def declared_size(data):
     data = tf.convert_to_tensor(data, tf.string)
     known = ", ".join(FORMATS[:-1]) + " or " + FORMATS[-1]
     form = image_format(data)
-    checks = [
-        tf.debugging.Assert(tf.strings.length(data) > 0, ["image data is empty (0 bytes)"]),
-        tf.debugging.Assert(form >= 0, [f"Unknown image file format: not {known}"]),
-    ]
-    with tf.control_dependencies(checks):
+    # One check after the other, so that empty data is named as empty.
+    with tf.control_dependencies([
+        tf.debugging.Assert(tf.strings.length(data) > 0, ["image data is empty (0 bytes)"])
+    ]):
         form = tf.identity(form)
+    with tf.control_dependencies([
+        tf.debugging.Assert(form >= 0, [f"Unknown image file format: not {known}"])
+    ]):
+        form = tf.identity(form)
+    # Padded, so that reading a field of a short file is not an error of its own.
     padded = tf.strings.substr(tf.strings.join([data, "\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
     head = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
 
@@ -95,7 +99,7 @@ def declared_size(data):
     # sizes would be noise: a corrupt file, not a huge image.
     sound = tf.stack([
         True,  # extract_jpeg_shape checks its own
-        tf.strings.substr(data, 12, 4) == "IHDR",
+        tf.strings.substr(padded, 12, 4) == "IHDR",
         True,
         tf.reduce_any(number(14, 4, False) == _BMP_INFO_SIZES),
     ])[tf.maximum(form, 0)]

@@ -24,7 +24,7 @@ from dynpatch_tf.export import export_saved_model
 from dynpatch_tf.image_files import IMAGE_EXTENSIONS, read_image
 
 GOOD = ("wide.png", "sub/square.JPG", "sub/deeper/tall.png")
-BAD = {"corrupt.png": "Invalid PNG", "text.jpg": "Unknown image file format",
+BAD = {"corrupt.png": "corrupt PNG header", "text.jpg": "Unknown image file format",
        "small.png": "images height and width must be at least 64 (one base patch)"}
 
 

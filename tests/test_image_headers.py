@@ -51,3 +51,15 @@ def test_the_pixel_limit_is_a_parameter():
         "limit of 119999; not decoded")
     assert decode_image(data, max_pixels=300 * 400).shape == (300, 400, 3)
     assert decode_image(data, max_pixels=None).shape == (300, 400, 3)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "image data is empty (0 bytes)"),
+    (b"\x89PNG\r\n\x1a\n\0", "corrupt PNG header"),
+    (b"GIF", "Unknown image file format: not JPEG, PNG, GIF or BMP"),
+])
+def test_empty_and_short_data_are_named_eagerly_and_in_a_graph(data, message):
+    for read in (declared_size, tf.function(declared_size)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            read(tf.constant(data))
+        assert clean_op_message(error.value.message).startswith(message)
