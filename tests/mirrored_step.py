@@ -29,9 +29,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
+from dynpatch_tf.needles import NEEDLES_SIGMA  # noqa: E402
 
 SIZE = 128
-MODEL = dict(num_classes=2, token_size=8, embed_dim=16, width_multiplier=0.35,
+# Needles' sigma, which these thresholds are for. (With the photo default,
+# sigma 2, the mirrored step's gradients differ from one device's by up to 1%
+# on this batch, the forward pass and BatchNorm's statistics still equal:
+# docs/notes.md, "Synchronized BatchNorm".)
+MODEL = dict(num_classes=2, token_size=8, embed_dim=16, width_multiplier=0.35, sigma=NEEDLES_SIGMA,
              attention_filters=(8, 16), thresholds=(0.001, 0.002, 0.004),
              penalty_weight=1.0, patch_budget=0.08, synchronized_batch_norm=True)
 
