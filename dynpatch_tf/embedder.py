@@ -5,8 +5,6 @@ Stem conv, inverted residual blocks, global average pooling, Dense(D). Like
 puts the embeddings back into the ragged structure of its input.
 """
 
-import math
-
 import keras
 import tensorflow as tf
 

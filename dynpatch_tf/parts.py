@@ -17,7 +17,7 @@ import keras
 
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.complexity import DEFAULT_SIGMA, ComplexityMap
-from dynpatch_tf.embedder import PatchEmbedder
+from dynpatch_tf.embedder import DEFAULT_BLOCKS, PatchEmbedder
 from dynpatch_tf.patch_transformer import PatchTransformerHead
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
 from dynpatch_tf.position import PatchPositionEncoding
@@ -43,6 +43,7 @@ OPTION_PARTS = {
     "attention_activation": ("attention",),
     "attention_filters": ("attention",),
     "width_multiplier": ("embedder",),
+    "embedder_blocks": ("embedder",),
     "synchronized_batch_norm": ("embedder",),
     "embed_dim": ("embedder", "position"),
     "chunk_size": ("attention", "embedder"),
@@ -69,6 +70,7 @@ def default_parts(
     attention_activation="sigmoid",
     attention_filters=(16, 32),
     width_multiplier=0.5,
+    embedder_blocks=DEFAULT_BLOCKS,
     synchronized_batch_norm=False,
     position_encoding=True,
     chunk_size=1024,
@@ -106,6 +108,10 @@ def default_parts(
             `"softmax"` (weights sum to 1 over an image's patches).
         attention_filters: conv filters of the attention CNN.
         width_multiplier: width of the inverted-residual embedder.
+        embedder_blocks: the embedder's stages, (expansion, channels,
+            repeats, stride) each (see `PatchEmbedder`); the default,
+            `DEFAULT_BLOCKS`, has 8 blocks. Fewer suit small tokens and small
+            models.
         synchronized_batch_norm: under a `tf.distribute` strategy, the
             embedder's BatchNorm normalises by the global batch's statistics
             (see `PatchEmbedder`).
@@ -139,7 +145,7 @@ def default_parts(
             dtype=dtype, name="attention",
         ),
         "embedder": lambda: PatchEmbedder(
-            embed_dim=embed_dim, width_multiplier=width_multiplier,
+            embed_dim=embed_dim, width_multiplier=width_multiplier, blocks=embedder_blocks,
             synchronized_batch_norm=synchronized_batch_norm, chunk_size=chunk_size,
             dtype=dtype, name="embedder",
         ),

@@ -114,7 +114,6 @@ class _EncoderBlock(keras.layers.Layer):
         self.drop = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
-        dim = input_shape[-1]
         self.attention_norm.build(input_shape)
         self.attention.build(input_shape, input_shape)
         self.mlp_norm.build(input_shape)

@@ -7,6 +7,10 @@ import pytest  # noqa: E402
 
 from dynpatch_tf.image_files import sample_photo  # noqa: E402
 
+# An embedder of two inverted-residual blocks (`embedder_blocks=`) for tests that
+# need a model, not the default 8 blocks: the same code paths, half the tracing.
+TWO_BLOCKS = ((1, 16, 1, 1), (None, 24, 1, 2))
+
 
 def photo(name):
     """A real photograph that ships with scikit-image, as uint8 [H, W, C]."""

@@ -27,6 +27,7 @@ from tests.encoded_images import (
     cmyk_jpeg_bytes, jpeg_declaring, png_bomb_bytes, random_image, webp_bytes, write,
 )
 from tests.test_patcher import assert_tiles
+from tests.conftest import TWO_BLOCKS
 
 ROWS = {
     "rank": ("Array of rank other than 4, e.g. one image `[H, W, 3]`",
@@ -94,7 +95,7 @@ def covers(*rows):
     return mark
 
 
-TINY = dict(token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8,))
+TINY = dict(token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8,), embedder_blocks=TWO_BLOCKS)
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 
 
@@ -395,7 +396,7 @@ def test_command_line_evaluate_skips_the_bad_files(model_file, folder, caplog, c
                             "--batch-size", "2", "--image-size", "64"])
     assert status == 0, capsys.readouterr().err
     assert re.search(r"^accuracy: [\d.]+$", log, re.M)
-    assert re.search(rf"^patches per image: mean [\d.]+, p95 \d+, max \d+$", log, re.M)
+    assert re.search(r"^patches per image: mean [\d.]+, p95 \d+, max \d+$", log, re.M)
     warned = [record.getMessage() for record in caplog.records]
     assert len(warned) == len(folder[2]) - 1
     for name, (_, reason) in folder[2].items():

@@ -24,7 +24,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from dynpatch_tf import DynamicPatchModel
 from dynpatch_tf import export
 from dynpatch_tf.image_files import clean_op_message
-from tests.conftest import photo
+from tests.conftest import TWO_BLOCKS, photo
 from tests.encoded_images import jpeg_declaring
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -42,7 +42,8 @@ def tiny_model(**kwargs):
     keras.utils.set_random_seed(0)
     kwargs.setdefault("chunk_size", 100)
     model = DynamicPatchModel(
-        token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8,), **kwargs
+        token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8,),
+        embedder_blocks=TWO_BLOCKS, **kwargs
     )
     model.build((None, None, None, 3))
     return model

@@ -6,11 +6,16 @@ import pytest
 import tensorflow as tf
 
 from dynpatch_tf import DynamicPatchModel, make_needles
+from dynpatch_tf.embedder import DEFAULT_BLOCKS, PatchEmbedder
 from dynpatch_tf.needles import NEEDLES_SIGMA
-from tests.conftest import photo
+from tests.conftest import TWO_BLOCKS, photo
 
 # At the needles sigma: the thresholds below were set for the tasks' smooth scenes at it.
-TINY = dict(token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8, 16), sigma=NEEDLES_SIGMA)
+# Two inverted-residual blocks instead of 8: the same code paths, half the tracing time.
+TINY = dict(token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8, 16), sigma=NEEDLES_SIGMA,
+            embedder_blocks=TWO_BLOCKS)
+# The training-dynamics tests keep the 8 blocks their bounds were measured with.
+EIGHT_BLOCKS = dict(embedder_blocks=DEFAULT_BLOCKS)
 LOW_THRESHOLDS = (0.005, 0.005, 0.005)
 
 
@@ -48,7 +53,7 @@ def compiled(learning_rate=3e-3, **kwargs):
 def trained():
     """A tiny model fitted on the stripes task with tf.data, penalty 0."""
     images, labels = stripes_task(128, seed=1)
-    model = compiled(thresholds=LOW_THRESHOLDS)
+    model = compiled(thresholds=LOW_THRESHOLDS, **EIGHT_BLOCKS)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(128, seed=0).batch(8)
     history = model.fit(data, epochs=4, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
     return model, history.history
@@ -111,6 +116,18 @@ def test_save_and_load_give_the_same_outputs(trained, tmp_path):
     np.testing.assert_allclose(loaded.thresholds, model.thresholds, atol=0)
     # The optimizer state comes back too, so training can go on.
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) > 0
+
+
+def test_embedder_blocks_set_the_embedders_depth_and_survive_saving(tmp_path):
+    model = DynamicPatchModel(num_classes=2, **TINY)
+    model.build((None, 64, 64, 3))
+    assert [block[1:] for block in model.embedder.blocks_spec] == [(16, 1, 1), (24, 1, 2)]
+    assert len(model.embedder.blocks) == 2
+    assert DynamicPatchModel().embedder.blocks_spec == PatchEmbedder().blocks_spec  # 8 blocks by default
+    model.save(tmp_path / "two.keras")
+    loaded = keras.models.load_model(tmp_path / "two.keras")
+    assert loaded.embedder.blocks_spec == model.embedder.blocks_spec
+    assert loaded.count_params() == model.count_params()
 
 
 @pytest.mark.parametrize("chunk_size", [None, 7])
@@ -372,7 +389,7 @@ def train_on_needles(epochs, **kwargs):
     images, labels = make_needles(64, 128, 2, seed=0)
     images = images.astype("float32") / 255.0
     data = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(64, seed=0).batch(8)
-    model = compiled(**kwargs)
+    model = compiled(**EIGHT_BLOCKS, **kwargs)
 
     def fraction():
         return model.patches(images)["boxes"].row_lengths().numpy().mean() / (128 // 8) ** 2

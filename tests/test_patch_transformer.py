@@ -6,8 +6,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 from dynpatch_tf import DynamicPatchModel, PatchTransformerHead
 from dynpatch_tf.export import export_saved_model, export_tflite
+from tests.conftest import TWO_BLOCKS
 
-TINY = dict(token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8, 16))
+TINY = dict(token_size=8, embed_dim=16, width_multiplier=0.35, attention_filters=(8, 16), embedder_blocks=TWO_BLOCKS)
 
 
 def ragged(values, lengths):

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "benchmarks")
 

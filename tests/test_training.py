@@ -19,11 +19,12 @@ from dynpatch_tf.training import (
     needles_datasets,
     patch_counts,
 )
+from tests.conftest import TWO_BLOCKS
 
 SIZE = 128
 EPOCHS = 3
 TINY_MODEL = dict(thresholds=(0.001, 0.002, 0.004), token_size=8, embed_dim=16,
-                  width_multiplier=0.25, attention_filters=(4,))
+                  width_multiplier=0.25, attention_filters=(4,), embedder_blocks=TWO_BLOCKS)
 
 
 def tiny_model(num_classes=2):
