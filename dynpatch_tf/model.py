@@ -32,7 +32,7 @@ from dynpatch_tf import image_ops
 from dynpatch_tf.distribute import first_replica_batch, is_multi_worker
 from dynpatch_tf.parts import PART_NAMES, check_options, default_parts
 from dynpatch_tf.patch_ops import weighted_mean
-from dynpatch_tf.penalty import check_budget, subdivision_penalty
+from dynpatch_tf.penalty import RunningFraction, check_budget, subdivision_penalty
 
 
 @keras.saving.register_keras_serializable(package="dynpatch_tf")
@@ -74,6 +74,9 @@ class DynamicPatchModel(keras.Model):
         penalty_weight: weight of the subdivision penalty (0: off).
         patch_budget: None for the linear penalty, or a patch fraction in
             (0, 1] for the budget form (see `subdivision_penalty`).
+        budget_momentum: in training, the budget form acts on a running mean
+            of the batches' patch fractions with this momentum
+            (`RunningFraction`); 0 for each batch's own.
         validate: check image values (NaN, Inf) and sizes when the graph runs.
         **kwargs: options of the default parts (see `default_parts`) and base
             `keras.Model` arguments (`name`, `dtype`, ...).
@@ -98,8 +101,8 @@ class DynamicPatchModel(keras.Model):
     """
 
     def __init__(self, complexity=None, patcher=None, attention=None, embedder=None,
-                 position=None, head=None, penalty_weight=0.0, patch_budget=None, validate=True,
-                 **kwargs):
+                 position=None, head=None, penalty_weight=0.0, patch_budget=None, budget_momentum=0.9,
+                 validate=True, **kwargs):
         options = {name: kwargs.pop(name) for name in list(kwargs) if name not in _MODEL_ARGUMENTS}
         if isinstance(attention, str):
             options["attention_activation"], attention = attention, None
@@ -114,6 +117,8 @@ class DynamicPatchModel(keras.Model):
             setattr(self, name, None if part is False else part)
         self.penalty_weight = float(penalty_weight)
         self.patch_budget = check_budget(patch_budget)
+        self.running_fraction = None if self.patch_budget is None else RunningFraction(
+            budget_momentum, dtype="float32", name="running_fraction")
         self.validate = validate
         self.image_channels = None  # set by `build`
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
@@ -145,6 +150,8 @@ class DynamicPatchModel(keras.Model):
         if self.head is not None:
             head_shape = (None, None) if _reads_patches(self.head) else (None,)
             shapes.append((self.head, (head_shape + (self.embedder.embed_dim,),)))
+        if self.running_fraction is not None:
+            shapes.append((self.running_fraction, ((),)))
         for layer, args in shapes:
             if not layer.built:
                 layer.build(*args)
@@ -254,10 +261,13 @@ class DynamicPatchModel(keras.Model):
             "patch_fraction": patches["patch_fraction"],
         }
 
-    def penalty(self, patch_fraction):
+    def penalty(self, patch_fraction, training=False):
         """`subdivision_penalty` of `patch_fraction` `[B]` (as `embed` returns it)
-        with this model's `penalty_weight` and `patch_budget`: a float32 scalar."""
-        return subdivision_penalty(patch_fraction, self.penalty_weight, self.patch_budget)
+        with this model's `penalty_weight` and `patch_budget`: a float32 scalar.
+        In training, the budget form reads the running mean of the fraction,
+        which the call updates (`RunningFraction`)."""
+        return subdivision_penalty(patch_fraction, self.penalty_weight, self.patch_budget,
+                                   self.running_fraction, training=training)
 
     def call(self, images, training=False):
         return self._forward(images, training)[0]
@@ -282,7 +292,7 @@ class DynamicPatchModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred, outputs = self._forward(x, training=True)
-            penalty = self.penalty(outputs["patch_fraction"])
+            penalty = self.penalty(outputs["patch_fraction"], training=True)
             loss = self._step_loss(x, y, y_pred, penalty, sample_weight, training=True)
             scaled = self.optimizer.scale_loss(loss)
         weights = self.trainable_weights
@@ -352,6 +362,8 @@ class DynamicPatchModel(keras.Model):
             config["position"] = False
         config.update(penalty_weight=self.penalty_weight, patch_budget=self.patch_budget,
                       validate=self.validate)
+        if self.running_fraction is not None:
+            config["budget_momentum"] = self.running_fraction.momentum
         return config
 
     @classmethod

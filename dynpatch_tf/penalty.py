@@ -19,10 +19,11 @@ Example:
 <tf.Tensor: shape=(), dtype=float32, numpy=2.0>
 """
 
+import keras
 import tensorflow as tf
 
 
-def subdivision_penalty(patch_fraction, weight, budget=None):
+def subdivision_penalty(patch_fraction, weight, budget=None, running_fraction=None, training=False):
     """The penalty of a batch, from its images' soft expected patch fractions.
 
     With `f` the batch's mean `patch_fraction` (the global batch's, inside a
@@ -35,24 +36,36 @@ def subdivision_penalty(patch_fraction, weight, budget=None):
       back. The budget is on the batch's mean, as a compute budget is: busy
       images may take more patches while flat ones take fewer.
 
+    In training, `DynamicPatchModel` passes a `RunningFraction`: the budget
+    form then reads `f` as the running mean of the batches' fractions (its
+    value decides whether the penalty acts; the gradient is the batch's).
+    Taken on each batch alone, the hinge settles below the budget: with
+    batches that scatter around it, the batches over it each take a full
+    Adam step down and the others a small task-driven step up (20-30% below
+    on needles, `docs/notes.md`). On the running mean, the penalty stops as
+    soon as the data's mean is under the budget, and the task loss can raise
+    the count back to it.
+
     Scale: the penalty is in the task loss's units (nats for cross-entropy).
     In the budget form, `w = 1` makes a count of twice the budget cost 1 nat,
     as much as a wrong guess among e classes. With Adam, what matters is the
     penalty's gradient on the thresholds beside the task loss's, not its
     size: measured on needles (`docs/notes.md`), `w = 0.03` was too weak to
     reach a budget of 0.15 from a split-everything start in 24 epochs, and
-    every `w` from 0.1 to 5 reached it by about epoch 15 and then settled
-    20-30% below it (over-budget batches take full steps down, the others
-    small task-driven steps up). Start near the budget (`calibrate_thresholds`)
-    and use `w` of about 0.1-1; a budget far below what the task wants, with a
-    large `w`, can push every split away for good. The linear form's gradient
-    is `w` per unit of fraction.
+    `w` of 0.1 and 1 reached it by about epoch 15. Start near the budget
+    (`calibrate_thresholds`) and use `w` of about 0.1-1; a budget far below
+    what the task wants, with a large `w`, can push every split away for
+    good. The linear form's gradient is `w` per unit of fraction.
 
     Args:
         patch_fraction: `[B]` float, as `DynamicPatchModel.embed` returns it.
         weight: `w`; 0 turns the penalty off.
         budget: None for the linear form, or the budget, a patch fraction in
             (0, 1].
+        running_fraction: None, or a `RunningFraction` that the budget form
+            reads `f` through.
+        training: passed to `running_fraction`: only training updates and
+            reads the running mean.
 
     Returns:
         A float32 scalar, the same on every replica.
@@ -60,7 +73,70 @@ def subdivision_penalty(patch_fraction, weight, budget=None):
     fraction = global_batch_mean(patch_fraction)
     if budget is None:
         return weight * fraction
+    if running_fraction is not None:
+        fraction = running_fraction(fraction, training=training)
     return weight * tf.nn.relu(fraction / budget - 1.0)
+
+
+@keras.saving.register_keras_serializable(package="dynpatch_tf")
+class RunningFraction(keras.layers.Layer):
+    """The running mean of the batches' patch fraction, for the budget penalty.
+
+    In training, each call folds the batch's mean fraction into an
+    exponential moving average, `mean = momentum * mean + (1 - momentum) *
+    fraction` (the first batch sets it), and returns the new mean with the
+    gradient of the batch's fraction (straight through): the penalty's value
+    and whether it acts follow the data's mean, its gradient the batch at
+    hand. Outside training it returns `fraction` unchanged.
+
+    The mean is a non-trainable weight (saved with the model, -1 until the
+    first training step). Under a `tf.distribute` strategy every replica
+    computes the same global fraction (`global_batch_mean`), and the first
+    replica's update is kept.
+
+    Args:
+        momentum: weight of the old mean, in [0, 1); 0 returns each batch's
+            fraction (the hinge on each batch alone). 0.9 averages about
+            the last 10 steps.
+
+    Input shape:
+        A float32 scalar, the batch's mean patch fraction.
+
+    Output shape:
+        A float32 scalar.
+
+    Example:
+
+    >>> running = RunningFraction(momentum=0.5)
+    >>> [float(running(tf.constant(f), training=True)) for f in (0.4, 0.2, 0.2)]
+    [0.4, 0.3, 0.25]
+    """
+
+    def __init__(self, momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"budget momentum must be in [0, 1); got {momentum}.")
+        self.momentum = float(momentum)
+
+    def build(self, input_shape=()):
+        self.mean = self.add_weight(shape=(), initializer=keras.initializers.Constant(-1.0),
+                                    trainable=False, aggregation="only_first_replica", name="mean")
+
+    def call(self, fraction, training=False):
+        if not training or self.momentum == 0:
+            return fraction
+        batch = tf.stop_gradient(fraction)
+        mean = tf.where(self.mean < 0, batch, self.momentum * self.mean + (1 - self.momentum) * batch)
+        self.mean.assign(mean)
+        return fraction + (mean - batch)
+
+    def compute_output_shape(self, input_shape):
+        return ()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.momentum)
+        return config
 
 
 def global_batch_mean(values):

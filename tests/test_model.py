@@ -405,10 +405,23 @@ def test_budget_penalty_pulls_a_split_everything_start_down_to_the_budget():
     before, after, model = train_on_needles(24, thresholds=(1e-4,) * 3, penalty_weight=0.1,
                                             patch_budget=budget)
     assert before > 0.99  # every patch 8 px
-    # The issue asks for 20% either side; with Adam the hinge settles 20-30%
-    # below the budget in this run (docs/notes.md), so the lower bound is 0.6.
-    assert 0.6 * budget <= after <= 1.2 * budget, after
+    # The hinge on the running mean of the fraction ends near the budget; on
+    # each batch alone it settled 28% below (0.108) in this run (docs/notes.md).
+    assert 0.8 * budget <= after <= 1.2 * budget, after
     assert model.get_config()["patch_budget"] == budget
+
+
+def test_the_running_fraction_starts_at_the_first_batch_and_is_saved(tmp_path):
+    x, y = tiny_data()
+    model = compiled(penalty_weight=1.0, patch_budget=0.05, budget_momentum=0.7)
+    first = float(model.embed(x)["patch_fraction"].numpy().mean())
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)  # one step
+    assert float(model.running_fraction.mean) == pytest.approx(first, rel=1e-5)
+    model.save(tmp_path / "budget.keras")
+    loaded = keras.models.load_model(tmp_path / "budget.keras")
+    assert float(loaded.running_fraction.mean) == pytest.approx(first, rel=1e-5)
+    assert loaded.running_fraction.momentum == 0.7
+    assert DynamicPatchModel(**TINY).running_fraction is None  # no budget, no running mean
 
 
 def test_below_the_budget_the_task_loss_lowers_the_thresholds_when_it_needs_detail():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dynpatch_tf.penalty import check_budget, global_batch_mean, subdivision_penalty
+from dynpatch_tf.penalty import RunningFraction, check_budget, global_batch_mean, subdivision_penalty
 
 FRACTIONS = np.array([0.1, 0.5, 0.3, 0.2], np.float32)  # mean 0.275
 
@@ -51,3 +51,45 @@ def test_global_batch_mean_on_one_replica_is_the_mean_and_0_for_no_images():
     # Its all-reduce over several replicas: tests/test_distribute.py.
     np.testing.assert_allclose(global_batch_mean(tf.constant(FRACTIONS)), FRACTIONS.mean(), rtol=1e-6)
     assert float(global_batch_mean(tf.zeros([0]))) == 0.0
+
+
+def numpy_running_means(batches, momentum):
+    means, mean = [], None
+    for batch in batches:
+        mean = batch if mean is None else momentum * mean + (1 - momentum) * batch
+        means.append(mean)
+    return means
+
+
+def test_running_fraction_is_the_moving_average_with_the_batchs_gradient():
+    running = RunningFraction(momentum=0.8)
+    batches = [0.6, 0.2, 0.1, 0.3]
+    for batch, expected in zip(batches, numpy_running_means(batches, 0.8)):
+        fraction = tf.Variable(batch)
+        with tf.GradientTape() as tape:
+            value = running(fraction, training=True)
+        np.testing.assert_allclose(float(value), expected, rtol=1e-6)
+        assert float(tape.gradient(value, fraction)) == 1.0  # straight through to the batch
+    np.testing.assert_allclose(float(running.mean), numpy_running_means(batches, 0.8)[-1], rtol=1e-6)
+    # Outside training, and with momentum 0, the batch's own fraction; nothing updated.
+    assert float(running(tf.constant(0.9), training=False)) == pytest.approx(0.9)
+    assert float(running.mean) == pytest.approx(numpy_running_means(batches, 0.8)[-1])
+    assert float(RunningFraction(momentum=0.0)(tf.constant(0.9), training=True)) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="budget momentum must be in \\[0, 1\\); got 1.0"):
+        RunningFraction(momentum=1.0)
+
+
+def test_with_a_running_mean_under_the_budget_an_over_budget_batch_is_not_penalised():
+    running = RunningFraction(momentum=0.9)
+    subdivision_penalty(tf.constant([0.1, 0.1]), 1.0, 0.2, running, training=True)  # mean 0.1
+    fractions = tf.Variable([0.3, 0.5])  # this batch alone: 0.4, twice the budget
+    with tf.GradientTape() as tape:
+        value = subdivision_penalty(fractions, 1.0, 0.2, running, training=True)
+    assert float(value) == 0.0 and not tape.gradient(value, fractions).numpy().any()
+    assert float(running.mean) == pytest.approx(0.9 * 0.1 + 0.1 * 0.4)
+    # The running mean over the budget: the penalty of the mean, the gradient of this batch.
+    running.mean.assign(0.3)
+    with tf.GradientTape() as tape:
+        value = subdivision_penalty(fractions, 1.0, 0.2, running, training=True)
+    np.testing.assert_allclose(float(value), (0.9 * 0.3 + 0.1 * 0.4) / 0.2 - 1, rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(value, fractions), [1 / (0.2 * 2)] * 2, rtol=1e-6)
