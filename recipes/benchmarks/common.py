@@ -51,7 +51,8 @@ def parser(doc):
 
 def training_flags(parser, size=256, epochs=5):
     """Adds the flags of a needles training run (the accuracy scripts): image side,
-    classes, training and validation images, epochs, batch, learning rate, seed."""
+    classes, training and validation images, epochs, batch, learning rate, seed,
+    backgrounds."""
     parser.add_argument("--size", type=int, default=size, help="image side")
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--train", type=int, default=256, help="training images")
@@ -60,6 +61,8 @@ def training_flags(parser, size=256, epochs=5):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--background", default="smooth", choices=["smooth", "photos"],
+                        help="needles backgrounds: smooth scenes, or textured crops of real photos")
     return parser
 
 

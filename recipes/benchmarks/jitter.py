@@ -19,6 +19,7 @@ Both models take the needles task's own thresholds and sigma
 
     python recipes/benchmarks/jitter.py                  # 128 px, 256 / 128 images, 4 epochs: ~10 min on 2 cores
     python recipes/benchmarks/jitter.py --size 256 --train 1024 --val 256 --epochs 8
+    python recipes/benchmarks/jitter.py --background photos    # objects on textured photo crops
     python recipes/benchmarks/jitter.py --smoke          # tiny, eager: ~1 min
 
 The jitter reaches the patcher only if the model passes `training` from
@@ -30,7 +31,7 @@ import keras
 import numpy as np
 
 import common
-from dynpatch_tf import make_needles
+from dynpatch_tf import calibrate_thresholds, make_needles
 from dynpatch_tf.training import compile_classifier
 
 
@@ -39,6 +40,9 @@ def options():
     parser.add_argument("--jitter", type=float, default=0.7, help="threshold_jitter of the jittered model")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.4, 2.0],
                         help="evaluate at each model's trained thresholds times each")
+    parser.add_argument("--calibrate", type=float, default=None, metavar="FRACTION",
+                        help="start from thresholds calibrated to this patch fraction on the training "
+                             "images (for textured backgrounds, which the needles thresholds split everywhere)")
     args = parser.parse_args()
     if args.smoke:
         args.size, args.classes, args.train, args.val, args.epochs, args.batch = 128, 2, 16, 8, 1, 4
@@ -119,17 +123,21 @@ def main():
     factors = f"x{np.exp(-args.jitter):.2f} to x{np.exp(args.jitter):.2f}"
     common.header(
         "Threshold jitter: accuracy against patches per image across threshold scales (issue 14)",
-        [f"Needles {args.size}x{args.size}, {args.classes} classes (chance {1 / args.classes:.2f}), "
+        [f"Needles {args.size}x{args.size} on {args.background} backgrounds, {args.classes} classes (chance {1 / args.classes:.2f}), "
          f"{args.train} training images (seed 1), {args.val} validation images (seed 2). Both models: "
-         f"{common.NEEDLES_NOTE} (trainable thresholds), {args.epochs} epochs, batch {args.batch}, "
+         f"{common.NEEDLES_NOTE} (trainable thresholds"
+         + (f", calibrated to {args.calibrate:g} of the finest count on the training images first" if args.calibrate else "")
+         + f"), {args.epochs} epochs, batch {args.batch}, "
          f"Adam {args.learning_rate:g}, seed {args.seed}; one with `threshold_jitter={args.jitter:g}` "
          f"(a factor from {factors} per training step), one without. Evaluated at the trained "
          f"thresholds times {', '.join(f'{s:g}' for s in args.scales)}, without retraining."
          + (" Smoke run: eager training (no tracing), numbers mean nothing." if args.smoke else "")],
     )
     data = (
-        make_needles(args.train, image_size=args.size, num_classes=args.classes, seed=1),
-        make_needles(args.val, image_size=args.size, num_classes=args.classes, seed=2),
+        make_needles(args.train, image_size=args.size, num_classes=args.classes, seed=1,
+                     background=args.background),
+        make_needles(args.val, image_size=args.size, num_classes=args.classes, seed=2,
+                     background=args.background),
     )
     check_jitter_reaches_patcher(common.dynamic_model(args.classes, args.seed, **common.NEEDLES_SETTINGS,
                                                       threshold_jitter=args.jitter), data[0][0][: args.batch])
@@ -140,6 +148,9 @@ def main():
     # The jittered patcher's SeedGenerator draws from Python's generator when it is
     # made, which shifts the seeds of the initializers after it: copy the weights.
     models[1].set_weights(models[0].get_weights())
+    if args.calibrate:
+        for model in models:
+            calibrate_thresholds(model, data[0][0], patch_fraction=args.calibrate, batch_size=args.batch)
     results = {}
     for name, model in zip(names, models):
         keras.utils.set_random_seed(args.seed)  # the same shuffling for both

@@ -67,8 +67,6 @@ def options():
     parser.add_argument("--time-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
     parser.add_argument("--skip", nargs="*", default=[], help="row names to leave out, as the table names them (e.g. 'MobileNetV2 1')")
-    parser.add_argument("--background", default="smooth", choices=["smooth", "photos"],
-                        help="needles backgrounds: smooth scenes, or textured crops of real photos")
     parser.add_argument("--plot", default=PLOT)
     args = parser.parse_args()
     if args.smoke:
