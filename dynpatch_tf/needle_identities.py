@@ -130,19 +130,24 @@ def identity_batches(images, labels, identities_per_batch=4, images_per_identity
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
 
-    def batches():
-        groups = []
+    def groups():
+        cut = []
         for identity_label in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == identity_label))
-            groups += [group for group in np.array_split(members, range(images_per_identity, len(members),
-                                                                        images_per_identity))
-                       if len(group) >= 2]
-        order = rng.permutation(len(groups))
-        for start in range(0, len(order), identities_per_batch):
-            yield np.concatenate([groups[index] for index in order[start:start + identities_per_batch]])
+            splits = range(images_per_identity, len(members), images_per_identity)
+            cut += [group for group in np.array_split(members, splits) if len(group) >= 2]
+        return cut
 
+    def batches():
+        cut = groups()
+        order = rng.permutation(len(cut))
+        for start in range(0, len(order), identities_per_batch):
+            yield np.concatenate([cut[index] for index in order[start:start + identities_per_batch]])
+
+    count = -(-len(groups()) // identities_per_batch)  # the same every epoch
     pixels, targets = tf.constant(images), tf.constant(labels, tf.int32)
     indices = tf.data.Dataset.from_generator(batches, output_signature=tf.TensorSpec([None], tf.int64))
+    indices = indices.apply(tf.data.experimental.assert_cardinality(count))  # Keras knows the epoch's end
     return indices.map(lambda rows: (tf.image.convert_image_dtype(tf.gather(pixels, rows), tf.float32),
                                      tf.gather(targets, rows))).prefetch(tf.data.AUTOTUNE)
 
