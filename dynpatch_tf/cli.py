@@ -1,4 +1,4 @@
-"""The `dynpatch` command: train, evaluate, embed, visualize, export, calibrate, demo.
+"""The `dynpatch` command: train, evaluate, embed, search, visualize, export, calibrate, demo.
 
 Run `dynpatch COMMAND --help` for each command's options, or `dynpatch demo`
 for a few-minute tour on generated data: it trains a small model, prints its
@@ -30,7 +30,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from dynpatch_tf import demo
+from dynpatch_tf import cli_search, demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
@@ -158,6 +158,12 @@ def _thresholds(thresholds, base_size, min_size):
 
 def _evaluate(args):
     model = _load_model(args.model)
+    if args.task == "identification":
+        with _reported(ValueError, OSError, tf.errors.OpError):
+            data, identities = cli_search.identification_data(args, folder_datasets)
+            return cli_search.evaluate_identification(model, data, identities, args)
+    if args.identities is not None:
+        raise CommandError("--identities is for --task identification.")
     dataset, _, class_names = _load_datasets(args)
     if model.num_classes != len(class_names):
         raise CommandError(
@@ -190,6 +196,14 @@ def _embed(args):
           f"{job.failed} files could not be embedded ({os.path.join(args.output, 'errors')}).")
     if not job.embedded:
         raise CommandError("no image could be embedded.")
+    if args.index:
+        with _reported(ValueError, ImportError, OSError, prefix="cannot index: "):
+            cli_search.write_index(args)
+
+
+def _search(args):
+    with _reported(ValueError, ImportError, OSError):
+        cli_search.search(args)
 
 
 @contextlib.contextmanager
@@ -405,7 +419,8 @@ def _verbosity(args):
 
 # What each command runs (`cli_parser.build_parser` defines their arguments).
 COMMANDS = {"train": _train, "evaluate": _evaluate, "embed": _embed, "visualize": _visualize,
-             "export": _export, "calibrate": _calibrate, "demo": _demo, "tune": _tune}
+             "export": _export, "calibrate": _calibrate, "demo": _demo, "tune": _tune,
+            "search": _search}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,3 +133,48 @@ def query_gallery_split(labels, queries_per_identity=1, seed=0):
             queries += list(rng.choice(members, queries_per_identity, replace=False))
     queries = np.sort(np.array(queries, dtype=np.int64))
     return queries, np.setdiff1d(np.arange(len(labels)), queries)
+
+
+def embed_for_retrieval(model, dataset):
+    """A `DynamicPatchModel`'s `retrieval_embedding` of every image of a dataset.
+
+    Args:
+        model: a `DynamicPatchModel`.
+        dataset: `(images, labels)` batches (a `tf.data.Dataset` or a list),
+            images float32 `[B, H, W, 3]` in 0..1 or uint8.
+
+    Returns:
+        `(embeddings [N, E] float32, labels [N], patches per image [N])`.
+    """
+    import tensorflow as tf  # only here: the metrics above are plain NumPy
+
+    from dynpatch_tf.inference import embed_function
+
+    embed = {}  # one trace per image dtype
+    embeddings, labels, counts = [], [], []
+    for images, batch_labels in dataset:
+        images = tf.convert_to_tensor(images)
+        if images.dtype not in embed:
+            embed[images.dtype] = embed_function(model, images.dtype)
+        outputs = embed[images.dtype](images)
+        embeddings.append(model.retrieval_embedding(outputs).numpy())
+        labels.append(np.asarray(batch_labels))
+        counts.append(outputs["boxes"].row_lengths().numpy())
+    return np.concatenate(embeddings), np.concatenate(labels), np.concatenate(counts)
+
+
+def identification_scores(model, dataset, queries_per_identity=1, seed=0, ks=(1, 5)):
+    """Recall@k and mAP of `model` on a dataset of identities, split by `query_gallery_split`.
+
+    Returns:
+        `(RetrievalResult, patches per image [N])`.
+
+    Example:
+
+    >>> result, counts = identification_scores(model, [(test_images, test_labels)])
+    >>> result.recall[1], result.mean_average_precision, counts.mean()
+    """
+    embeddings, labels, counts = embed_for_retrieval(model, dataset)
+    queries, gallery = query_gallery_split(labels, queries_per_identity, seed)
+    result = retrieval_metrics(embeddings[queries], labels[queries], embeddings[gallery], labels[gallery], ks)
+    return result, counts
