@@ -13,7 +13,8 @@ Examples:
 ```bash
 dynpatch train --needles 600 --epochs 8 --thresholds 0.002 0.004 0.008 --output run/
 dynpatch evaluate --model run/model.keras --needles 200
-dynpatch embed --model run/model.keras photos/ --output embeddings/
+dynpatch embed --model run/model.keras photos/ --output embeddings/ --index photos.index
+dynpatch search --index photos.index --query photo.jpg -k 5
 dynpatch visualize --model run/model.keras photo.jpg --output pictures/
 dynpatch export --model run/model.keras --format saved_model --output saved_models --name dynpatch
 dynpatch calibrate photos/ --model run/model.keras --patch-fraction 0.15
@@ -36,6 +37,7 @@ from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
 from dynpatch_tf.cli_parser import parse_arguments
 from dynpatch_tf.distribute import make_strategy, worker_folder
+from dynpatch_tf.heads import identifies
 from dynpatch_tf.image_files import error_reason, list_image_files, map_image_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
@@ -162,8 +164,8 @@ def _evaluate(args):
         with _reported(ValueError, OSError, tf.errors.OpError):
             data, identities = cli_search.identification_data(args, folder_datasets)
             return cli_search.evaluate_identification(model, data, identities, args)
-    if args.identities is not None:
-        raise CommandError("--identities is for --task identification.")
+    if args.identities is not None or identifies(model.head):
+        raise CommandError("--identities and identification models are for --task identification.")
     dataset, _, class_names = _load_datasets(args)
     if model.num_classes != len(class_names):
         raise CommandError(
