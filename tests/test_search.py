@@ -25,6 +25,16 @@ def brute_force(queries, embeddings, k):
     return order, np.take_along_axis(scores, order, axis=1)
 
 
+def saved_model(tmp_path, **head):
+    """An untrained tiny identification model (needles settings), saved as tmp_path/model.keras."""
+    keras.utils.set_random_seed(0)
+    model = DynamicPatchModel(identity_dim=8, token_size=8, embed_dim=8, width_multiplier=0.25,
+                              attention_filters=(4,), thresholds=NEEDLES_THRESHOLDS, sigma=NEEDLES_SIGMA, **head)
+    model.build((None, None, None, 3))
+    model.save(tmp_path / "model.keras")
+    return model
+
+
 def test_exact_index_answers_as_brute_force_and_survives_save_and_load(tmp_path):
     rng = np.random.default_rng(0)
     embeddings, queries = rng.normal(size=(300, 12)) * rng.uniform(0.5, 3, (300, 1)), rng.normal(size=(7, 12))
@@ -67,12 +77,7 @@ def test_index_of_an_embed_output_reads_its_parquet_rows(tmp_path):
 
 
 def test_embed_index_and_search_commands_answer_as_brute_force(tmp_path):
-    keras.utils.set_random_seed(0)
-    model = DynamicPatchModel(head_type="identification", identity_dim=8, token_size=8, embed_dim=8,
-                              width_multiplier=0.25, attention_filters=(4,), thresholds=NEEDLES_THRESHOLDS,
-                              sigma=NEEDLES_SIGMA)
-    model.build((None, None, None, 3))
-    model.save(tmp_path / "model.keras")
+    model = saved_model(tmp_path, head_type="identification")
     images, _ = make_identities(4, 2, image_size=96, seed=3)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -100,12 +105,7 @@ def test_embed_index_and_search_commands_answer_as_brute_force(tmp_path):
 def test_evaluate_identification_prints_the_retrieval_scores_of_a_folder_of_identities(tmp_path):
     from dynpatch_tf.retrieval import query_gallery_split, retrieval_metrics
 
-    keras.utils.set_random_seed(0)
-    model = DynamicPatchModel(num_classes=3, head_type="arcface", identity_dim=8, token_size=8, embed_dim=8,
-                              width_multiplier=0.25, attention_filters=(4,), thresholds=NEEDLES_THRESHOLDS,
-                              sigma=NEEDLES_SIGMA)
-    model.build((None, None, None, 3))
-    model.save(tmp_path / "model.keras")
+    model = saved_model(tmp_path, num_classes=3, head_type="arcface")
     images, labels = make_identities(5, 3, image_size=64, seed=4)
     for row, (image, label) in enumerate(zip(images, labels)):
         (tmp_path / "people" / f"id{label}").mkdir(parents=True, exist_ok=True)
