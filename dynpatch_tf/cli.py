@@ -422,7 +422,7 @@ def _verbosity(args):
 # What each command runs (`cli_parser.build_parser` defines their arguments).
 COMMANDS = {"train": _train, "evaluate": _evaluate, "embed": _embed, "visualize": _visualize,
              "export": _export, "calibrate": _calibrate, "demo": _demo, "tune": _tune,
-            "search": _search}
+             "search": _search}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dynpatch_tf import ArcFaceHead, ArcFaceLoss, DynamicPatchModel, TripletSemiHardLoss
+from dynpatch_tf.beam_embedding import embed_or_explain, load_embedder, row_embedding
 from dynpatch_tf.export import export_saved_model
 from tests.test_model import TINY
 
@@ -59,11 +60,14 @@ def test_identification_models_save_load_and_export(arcface, tmp_path):
     loaded = keras.models.load_model(path, safe_mode=True)
     assert isinstance(loaded.head, ArcFaceHead) and isinstance(loaded.loss, ArcFaceLoss)
     np.testing.assert_allclose(loaded(IMAGES), arcface(IMAGES), atol=1e-6)
-    saved = tf.saved_model.load(export_saved_model(arcface, str(tmp_path / "saved"), "arcface"))
-    outputs = saved.signatures["serving_default"](images=tf.constant(IMAGES))
+    exported = export_saved_model(arcface, str(tmp_path / "saved"), "arcface")
+    outputs = tf.saved_model.load(exported).signatures["serving_default"](images=tf.constant(IMAGES))
     assert "identity_embedding" in outputs and "logits" not in outputs
-    np.testing.assert_allclose(outputs["identity_embedding"],
-                               arcface.retrieval_embedding(arcface.embed(IMAGES)), atol=1e-5)
+    expected = arcface.retrieval_embedding(arcface.embed(IMAGES))
+    np.testing.assert_allclose(outputs["identity_embedding"], expected, atol=1e-5)
+    # What `dynpatch embed` writes as the `embedding` column of the SavedModel's rows.
+    (row,) = embed_or_explain(load_embedder(exported), [IMAGES[1]])
+    np.testing.assert_allclose(row_embedding(row), expected[1], atol=1e-5)
 
 
 def test_head_type_arguments_are_checked():
