@@ -23,6 +23,8 @@ from dynpatch_tf.calibration import Calibration, calibrate_thresholds  # noqa: E
 from dynpatch_tf.complexity import ComplexityMap  # noqa: E402
 from dynpatch_tf.data import ImageFolderInfo, SkippedFile, image_folder_dataset  # noqa: E402
 from dynpatch_tf.embedder import InvertedResidual, PatchEmbedder  # noqa: E402
+from dynpatch_tf.heads import ArcFaceHead, IdentificationEmbedding  # noqa: E402
+from dynpatch_tf.losses import ArcFaceLoss, TripletSemiHardLoss  # noqa: E402
 from dynpatch_tf.model import DynamicPatchModel  # noqa: E402
 from dynpatch_tf.needles import make_needles, needles_dataset, write_needles_folder  # noqa: E402
 from dynpatch_tf.parts import default_parts  # noqa: E402
@@ -33,10 +35,13 @@ from dynpatch_tf.position import PatchPositionEncoding  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArcFaceHead",
+    "ArcFaceLoss",
     "Calibration",
     "ComplexityMap",
     "DynamicPatchModel",
     "DynamicPatcher",
+    "IdentificationEmbedding",
     "ImageFolderInfo",
     "InvertedResidual",
     "PatchAttention",
@@ -44,6 +49,7 @@ __all__ = [
     "PatchPositionEncoding",
     "PatchTransformerHead",
     "SkippedFile",
+    "TripletSemiHardLoss",
     "calibrate_thresholds",
     "image_folder_dataset",
     "make_augmentation",

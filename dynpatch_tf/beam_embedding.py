@@ -9,7 +9,9 @@ The pipeline (`EmbedImageFiles`, then `WriteEmbeddings`):
       -> Parquet: OUTPUT/embeddings/part-*.parquet, OUTPUT/errors/part-*.parquet
 
 A file that cannot be decoded, or an image the model refuses (too small, NaN,
-...), becomes a row `{path, error}` of the error output; the job goes on.
+...), becomes a row `{path, error}` of the error output; the job goes on. The
+`embedding` is the pooled embedding, or for a model whose head identifies
+(`dynpatch_tf.heads`) its unit-norm identification embedding.
 
 The model is an exported SavedModel (a version folder written by
 `dynpatch_tf.export.export_saved_model`, run through its `serving_default`
@@ -53,6 +55,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dynpatch_tf.export import IMAGES_INPUT, IMAGES_SIGNATURE
+from dynpatch_tf.heads import identifies
 from dynpatch_tf.image_files import IMAGE_EXTENSIONS, SkippedFile, clean_op_message, list_image_files
 from dynpatch_tf.image_headers import decode_image
 from dynpatch_tf.inference import image_function
@@ -63,6 +66,7 @@ EMBEDDINGS_SCHEMA = pyarrow.schema([
     ("path", pyarrow.string()), ("height", pyarrow.int32()), ("width", pyarrow.int32()),
     ("num_patches", pyarrow.int32()), ("embedding", pyarrow.list_(pyarrow.float32())),
 ])
+EMBEDDER_OUTPUTS = ("pooled_embedding", "identity_embedding", "num_patches")
 ERRORS_SCHEMA = pyarrow.schema([("path", pyarrow.string()), ("error", pyarrow.string())])
 
 
@@ -82,7 +86,8 @@ def check_model_path(model_path):
 
 
 def load_embedder(model_path):
-    """A function of float32 images `[B, H, W, 3]` in 0..1 -> `pooled_embedding`, `num_patches`.
+    """A function of float32 images `[B, H, W, 3]` in 0..1 -> `pooled_embedding`, `num_patches`
+    (and `identity_embedding` for a model whose head identifies, `dynpatch_tf.heads`).
 
     Args:
         model_path: a SavedModel version folder (with `saved_model.pb`) or a
@@ -105,12 +110,15 @@ def load_embedder(model_path):
         @image_function
         def embed(images):
             outputs = model.embed(images)
-            return {"pooled_embedding": outputs["pooled_embedding"],
-                    "num_patches": outputs["boxes"].row_lengths()}
+            result = {"pooled_embedding": outputs["pooled_embedding"],
+                      "num_patches": outputs["boxes"].row_lengths()}
+            if identifies(model.head):
+                result["identity_embedding"] = model.retrieval_embedding(outputs)
+            return result
 
     def embed_arrays(images):
         outputs = embed(tf.constant(images))
-        return {name: outputs[name].numpy() for name in ("pooled_embedding", "num_patches")}
+        return {name: outputs[name].numpy() for name in EMBEDDER_OUTPUTS if name in outputs}
 
     return embed_arrays
 
@@ -130,7 +138,8 @@ class DynamicPatchModelHandler(ModelHandler):
     Input: float32 images `[H, W, 3]` in 0..1.
 
     Output: a `PredictionResult` per image whose `inference` is
-    `{"pooled_embedding": [D], "num_patches": int}` or `{"error": reason}`.
+    `{"pooled_embedding": [D], "num_patches": int}` (and `"identity_embedding"`
+    for an identification model) or `{"error": reason}`.
 
     Example:
 
@@ -202,7 +211,13 @@ class ToRecord(beam.DoFn):
         height, width = result.example.shape[:2]
         yield {"path": path, "height": height, "width": width,
                "num_patches": int(result.inference["num_patches"]),
-               "embedding": result.inference["pooled_embedding"].astype(np.float32).tolist()}
+               "embedding": row_embedding(result.inference).astype(np.float32).tolist()}
+
+
+def row_embedding(inference):
+    """The `embedding` column of a row: the identification embedding of a model whose
+    head identifies, else the pooled embedding (what `dynpatch search` compares)."""
+    return inference.get("identity_embedding", inference["pooled_embedding"])
 
 
 class EmbedImageFiles(beam.PTransform):

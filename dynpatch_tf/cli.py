@@ -1,4 +1,4 @@
-"""The `dynpatch` command: train, evaluate, embed, visualize, export, calibrate, demo.
+"""The `dynpatch` command: train, evaluate, embed, search, visualize, export, calibrate, demo.
 
 Run `dynpatch COMMAND --help` for each command's options, or `dynpatch demo`
 for a few-minute tour on generated data: it trains a small model, prints its
@@ -13,7 +13,8 @@ Examples:
 ```bash
 dynpatch train --needles 600 --epochs 8 --thresholds 0.002 0.004 0.008 --output run/
 dynpatch evaluate --model run/model.keras --needles 200
-dynpatch embed --model run/model.keras photos/ --output embeddings/
+dynpatch embed --model run/model.keras photos/ --output embeddings/ --index photos.index
+dynpatch search --index photos.index --query photo.jpg -k 5
 dynpatch visualize --model run/model.keras photo.jpg --output pictures/
 dynpatch export --model run/model.keras --format saved_model --output saved_models --name dynpatch
 dynpatch calibrate photos/ --model run/model.keras --patch-fraction 0.15
@@ -30,12 +31,13 @@ import sys
 import keras
 import tensorflow as tf
 
-from dynpatch_tf import demo
+from dynpatch_tf import cli_search, demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.calibration import calibrate_thresholds, node_scores
 from dynpatch_tf.cli_parser import AUGMENTATION, BASE_SIZE, MIN_PATCH_SIZE, NEEDLES_IMAGE_SIZE
 from dynpatch_tf.cli_parser import parse_arguments
 from dynpatch_tf.distribute import make_strategy, worker_folder
+from dynpatch_tf.heads import identifies
 from dynpatch_tf.image_files import error_reason, list_image_files, map_image_files
 from dynpatch_tf.model import DynamicPatchModel
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
@@ -158,6 +160,12 @@ def _thresholds(thresholds, base_size, min_size):
 
 def _evaluate(args):
     model = _load_model(args.model)
+    if args.task == "identification":
+        with _reported(ValueError, OSError, tf.errors.OpError):
+            data, identities = cli_search.identification_data(args, folder_datasets)
+            return cli_search.evaluate_identification(model, data, identities, args)
+    if args.identities is not None or identifies(model.head):
+        raise CommandError("--identities and identification models are for --task identification.")
     dataset, _, class_names = _load_datasets(args)
     if model.num_classes != len(class_names):
         raise CommandError(
@@ -190,6 +198,14 @@ def _embed(args):
           f"{job.failed} files could not be embedded ({os.path.join(args.output, 'errors')}).")
     if not job.embedded:
         raise CommandError("no image could be embedded.")
+    if args.index:
+        with _reported(ValueError, ImportError, OSError, prefix="cannot index: "):
+            cli_search.write_index(args)
+
+
+def _search(args):
+    with _reported(ValueError, ImportError, OSError):
+        cli_search.search(args)
 
 
 @contextlib.contextmanager
@@ -405,7 +421,8 @@ def _verbosity(args):
 
 # What each command runs (`cli_parser.build_parser` defines their arguments).
 COMMANDS = {"train": _train, "evaluate": _evaluate, "embed": _embed, "visualize": _visualize,
-             "export": _export, "calibrate": _calibrate, "demo": _demo, "tune": _tune}
+             "export": _export, "calibrate": _calibrate, "demo": _demo, "tune": _tune,
+             "search": _search}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ import inspect
 import json
 import sys
 
-from dynpatch_tf import demo
+from dynpatch_tf import cli_search, demo
 from dynpatch_tf.augment import make_augmentation
 from dynpatch_tf.distribute import STRATEGIES
 from dynpatch_tf.image_files import IMAGE_EXTENSIONS
@@ -44,6 +44,8 @@ def build_parser():
     _add_calibrate_parser(commands)
     _add_demo_parser(commands)
     _add_tune_parser(commands)
+    cli_search.add_search_arguments(
+        _add_command(commands, "search", cli_search.SEARCH_HELP, cli_search.SEARCH_DESCRIPTION))
     return parser
 
 
@@ -126,13 +128,14 @@ def _add_train_parser(commands):
 
 def _add_evaluate_parser(commands):
     parser = _add_command(
-        commands, "evaluate", "accuracy and patch counts of a model",
-        "Print the accuracy and loss of a trained classifier and the number of "
+        commands, "evaluate", "accuracy (or retrieval scores) and patch counts of a model",
+        "Print the accuracy and loss of a trained classifier (--task identification: "
+        "recall@1, recall@5 and mAP of its embeddings) and the number of "
         "patches per image (mean, 95th percentile, max). Use another --seed than "
         "training's for needles images the model has not seen.",
     )
     _add_model_argument(parser, required=True)
-    _add_data_arguments(parser, default_seed=1)
+    cli_search.add_task_arguments(parser, _add_data_arguments(parser, default_seed=1))
 
 
 def _add_image_file_parsers(commands):
@@ -155,6 +158,7 @@ def _add_image_file_parsers(commands):
     )
     _add_images_arguments(embed, model_required=True, beam=True)
     _add_images_arguments(visualize, model_required=False)
+    cli_search.add_index_arguments(embed)
     embed.add_argument("--runner",
                        help="Beam runner, e.g. FlinkRunner, SparkRunner, DataflowRunner "
                        "(default: FnApiRunner, Beam's runner in this process; DirectRunner "
@@ -222,6 +226,7 @@ def _add_demo_parser(commands):
 
 
 def _add_data_arguments(parser, default_seed):
+    """The data flags; returns the required group of the data sources (`--data`, `--needles`)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="DIR",
                         help="folder with one subfolder of images per class")
@@ -238,6 +243,7 @@ def _add_data_arguments(parser, default_seed):
     parser.add_argument("--seed", type=int, default=default_seed,
                         help="seed of the needles images, shuffling, split and (train) "
                         "initial weights")
+    return source
 
 
 def _add_model_argument(parser, required, saved_model=False):

@@ -2,7 +2,8 @@
 
 Serving signatures carry dense tensors, so every exported graph returns the
 same dense outputs (see `serving_outputs`): the pooled embedding, the logits and
-class probabilities when the model has a head, the patch count per image, and
+class probabilities when the model has a classification head (the unit-norm
+`identity_embedding` when its head identifies), the patch count per image, and
 the patch embeddings and boxes padded to a common length with a mask. The
 padding is plain gather/where arithmetic on the flat patch batch, with no ragged
 ops, so the TFLite converter takes the same graph with builtin ops only.
@@ -27,6 +28,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dynpatch_tf.heads import identifies
 from dynpatch_tf.image_headers import MAX_IMAGE_PIXELS, decode_image
 from dynpatch_tf.patch_ops import padded_patches
 
@@ -52,7 +54,9 @@ def serving_outputs(model, images, max_patches=None):
         A dict of tensors:
         * `pooled_embedding`: `[B, D]` float32;
         * `logits`, `probabilities` (softmax): `[B, classes]` float32, only when
-          the model has a head;
+          the model has a classification head;
+        * `identity_embedding`: `[B, E]` float32, unit norm, instead of those when
+          the head identifies (`dynpatch_tf.heads`);
         * `num_patches`: `[B]` int32, the patch count of each image;
         * `patch_embeddings`: `[B, M, D]` float32, zero past an image's patches;
         * `boxes`: `[B, M, 4]` int32 `(y0, x0, y1, x1)`, zero past its patches;
@@ -75,7 +79,9 @@ def serving_outputs(model, images, max_patches=None):
         "boxes": padded_patches(embedded["boxes"], max_patches)[0],
         "patch_mask": mask,
     }
-    if model.head is not None:
+    if identifies(model.head):
+        outputs["identity_embedding"] = model.retrieval_embedding(embedded)
+    elif model.head is not None:
         logits = tf.cast(model.head_output(embedded), tf.float32)
         outputs.update(logits=logits, probabilities=tf.nn.softmax(logits))
     return outputs

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from dynpatch_tf import image_ops
 from dynpatch_tf.distribute import first_replica_batch, is_multi_worker
+from dynpatch_tf.heads import identifies
 from dynpatch_tf.parts import PART_NAMES, check_options, default_parts
 from dynpatch_tf.patch_ops import weighted_mean
 from dynpatch_tf.penalty import RunningFraction, check_budget, subdivision_penalty
@@ -66,11 +67,13 @@ class DynamicPatchModel(keras.Model):
         embedder: a `PatchEmbedder`, or None for the default.
         position: a `PatchPositionEncoding` (or a layer with its call
             signature), None for the default, or False for none.
-        head: a layer mapping the pooled embedding `[B, D]` to logits, or
+        head: a layer mapping the pooled embedding `[B, D]` to logits (or to
+            an identification embedding or cosines, `dynpatch_tf.heads`), or
             one with `reads_patches = True` (`PatchTransformerHead`) mapping
             the patch embeddings `[B, (N), D]`; None for the default
             (`head_type`: `"pooled"`, `Dense(num_classes)` on the pooled
-            embedding, or `"transformer"`; no head when `num_classes` is None).
+            embedding, `"transformer"`, `"identification"` or `"arcface"`; no
+            head when `num_classes` is None, but for `"identification"`).
         penalty_weight: weight of the subdivision penalty (0: off).
         patch_budget: None for the linear penalty, or a patch fraction in
             (0, 1] for the budget form (see `subdivision_penalty`).
@@ -157,14 +160,16 @@ class DynamicPatchModel(keras.Model):
                 layer.build(*args)
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """`keras.Model.compile` with working defaults: `model.compile()` trains a classifier.
+        """`keras.Model.compile` with working defaults: `model.compile()` trains the head.
 
         Args:
             optimizer: `"auto"` for `Adam(1e-3)`, or any optimizer.
-            loss: `"auto"` for `SparseCategoricalCrossentropy(from_logits=True)`
-                on a model with a head (none without one), or any loss.
-            metrics: `"auto"` for `["accuracy"]` on a model with a head, or
-                any metrics.
+            loss: `"auto"` for the head's `default_loss()` where it has one
+                (the identification heads, `dynpatch_tf.heads`), else
+                `SparseCategoricalCrossentropy(from_logits=True)` on a model
+                with a head (none without one); or any loss.
+            metrics: `"auto"` for the head's `default_metrics()` where it has
+                one, else `["accuracy"]` on a model with a head; or any metrics.
             **kwargs: other `keras.Model.compile` arguments.
         """
         classifier = self.head is not None
@@ -172,9 +177,15 @@ class DynamicPatchModel(keras.Model):
             optimizer = keras.optimizers.Adam(1e-3)
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True) if classifier else None
+            loss = self._head_default("default_loss", loss)
         if metrics == "auto":
-            metrics = ["accuracy"] if classifier else None
+            metrics = self._head_default("default_metrics", ["accuracy"] if classifier else None)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def _head_default(self, hook, otherwise):
+        """The head's `hook()` (`default_loss`, `default_metrics`) if it has one, else `otherwise`."""
+        method = getattr(self.head, hook, None)
+        return method() if callable(method) else otherwise
 
     def compile_from_config(self, config):
         """Restore the compile settings of a saved model (as `keras.Model` does)."""
@@ -286,6 +297,14 @@ class DynamicPatchModel(keras.Model):
         if _reads_patches(self.head):
             return self.head(embedded["patch_embeddings"], training=training)
         return self.head(embedded["pooled_embedding"])
+
+    def retrieval_embedding(self, embedded):
+        """The embedding to compare images by, from `embed`'s dict: the head's unit-norm
+        identification embedding (`dynpatch_tf.heads`) where it has one, else the
+        pooled embedding. float32 `[B, E]`."""
+        if identifies(self.head):
+            return tf.cast(self.head.identity_embedding(embedded["pooled_embedding"]), tf.float32)
+        return embedded["pooled_embedding"]
 
     def train_step(self, data):
         """Keras' train step, plus the penalty in the loss and its metrics."""

@@ -18,6 +18,7 @@ import keras
 from dynpatch_tf.attention import PatchAttention
 from dynpatch_tf.complexity import DEFAULT_SIGMA, ComplexityMap
 from dynpatch_tf.embedder import DEFAULT_BLOCKS, PatchEmbedder
+from dynpatch_tf.heads import ArcFaceHead, IdentificationEmbedding
 from dynpatch_tf.patch_transformer import PatchTransformerHead
 from dynpatch_tf.patcher import DEFAULT_THRESHOLDS, DynamicPatcher
 from dynpatch_tf.position import PatchPositionEncoding
@@ -28,6 +29,7 @@ PART_NAMES = ("complexity", "patcher", "attention", "embedder", "position", "hea
 OPTION_PARTS = {
     "num_classes": ("head",),
     "head_type": ("head",),
+    "identity_dim": ("head",),
     "sigma": ("complexity",),
     "thresholds": ("patcher",),
     "trainable_thresholds": ("patcher",),
@@ -54,6 +56,7 @@ OPTION_PARTS = {
 def default_parts(
     num_classes=None,
     head_type="pooled",
+    identity_dim=None,
     thresholds=DEFAULT_THRESHOLDS,
     trainable_thresholds=True,
     threshold_rate=10.0,
@@ -84,10 +87,16 @@ def default_parts(
 
     Args:
         num_classes: classes of the head; None for no head (an embedding
-            model).
+            model). For `head_type="arcface"`, the training identities;
+            `"identification"` takes none.
         head_type: `"pooled"`, a Dense layer on the attention-weighted mean of
-            the patch embeddings, or `"transformer"`, a `PatchTransformerHead`
-            (one self-attention block over the patch embeddings).
+            the patch embeddings; `"transformer"`, a `PatchTransformerHead`
+            (one self-attention block over the patch embeddings);
+            `"identification"`, an `IdentificationEmbedding` (unit norm,
+            trained with `TripletSemiHardLoss`); or `"arcface"`, an
+            `ArcFaceHead` (trained with `ArcFaceLoss`). See `dynpatch_tf.heads`.
+        identity_dim: size of the identification embedding of the
+            `"identification"` and `"arcface"` heads; None for `embed_dim`.
         thresholds: the patcher's initial thresholds, one per split level.
         trainable_thresholds: whether training moves the thresholds.
         threshold_rate: how fast training moves the thresholds (see
@@ -129,8 +138,8 @@ def default_parts(
 
     Returns:
         A dict from part name to layer, for the names in `include`. `position`
-        and `head` are None when `position_encoding` is False or `num_classes`
-        is None.
+        is None when `position_encoding` is False, and `head` when
+        `num_classes` is None (but for the `"identification"` head).
     """
     makers = {
         "complexity": lambda: ComplexityMap(sigma=sigma, validate=False, dtype=dtype, name="complexity"),
@@ -152,7 +161,7 @@ def default_parts(
         "position": lambda: (
             PatchPositionEncoding(embed_dim, dtype=dtype, name="position") if position_encoding else None
         ),
-        "head": lambda: _head(num_classes, head_type),
+        "head": lambda: _head(num_classes, head_type, identity_dim or embed_dim),
     }
     return {name: makers[name]() for name in include}
 
@@ -179,15 +188,23 @@ def check_options(options, given_parts):
             )
 
 
-HEAD_TYPES = ("pooled", "transformer")
+HEAD_TYPES = ("pooled", "transformer", "identification", "arcface")
 
 
-def _head(num_classes, head_type):
-    """The default head: None without classes, else a float32 head of `head_type`."""
+def _head(num_classes, head_type, identity_dim):
+    """The default head: a float32 head of `head_type`; None without classes (but for
+    the identification embedding, which takes none)."""
     if head_type not in HEAD_TYPES:
         raise ValueError(f"head_type must be one of {HEAD_TYPES}; got {head_type!r}.")
+    if head_type == "identification":
+        if num_classes:
+            raise ValueError("head_type='identification' learns no classes: leave num_classes out "
+                             "(head_type='arcface' learns a weight per training identity).")
+        return IdentificationEmbedding(identity_dim, name="head")
     if not num_classes:
         return None
+    if head_type == "arcface":
+        return ArcFaceHead(num_classes, identity_dim, name="head")
     if head_type == "transformer":
         return PatchTransformerHead(num_classes, name="head")
     return keras.layers.Dense(num_classes, dtype="float32", name="head")

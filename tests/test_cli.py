@@ -214,7 +214,7 @@ def test_bad_input_is_reported_by_name(argv, message, capsys, tmp_path, monkeypa
     assert error.startswith(f"dynpatch {argv[0]}: error: ") and message in error
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "embed", "visualize", "export", "demo"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "embed", "search", "visualize", "export", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -9,6 +9,7 @@ from dynpatch_tf import (
     PatchPositionEncoding, PatchTransformerHead,
 )
 from dynpatch_tf.augment import RandomCornerWarp
+from dynpatch_tf.heads import ArcFaceHead, IdentificationEmbedding
 from tests.layer_testing import POLICIES, LayerInputs, ragged_pixels, run_layer_test
 
 P = 8  # token size
@@ -75,6 +76,9 @@ def ragged_embeddings(row_lengths, seed):
 EMBEDDINGS = LayerInputs(ragged_embeddings, ROW_LENGTHS,
                          [tf.RaggedTensorSpec([None, None, 8], tf.float32, ragged_rank=1)])
 
+POOLED = LayerInputs(lambda n, seed: (np.random.default_rng(seed).normal(size=(n, 8)).astype("float32"),),
+                     [4, 1, 0], [tf.TensorSpec([None, 8], tf.float32)])
+
 PATCHER = dict(base_size=64, min_size=16, thresholds=(0.002, 0.004), token_size=P)
 
 def case(name, layer_cls, init_kwargs, inputs, output_dtype=None, policies=POLICIES, marks=()):
@@ -109,6 +113,8 @@ CASES = [
     case("PatchPositionEncoding", PatchPositionEncoding, dict(dim=8), BOXES),
     case("PatchTransformerHead", PatchTransformerHead, dict(num_classes=3, num_layers=2),
          EMBEDDINGS),
+    case("IdentificationEmbedding", IdentificationEmbedding, dict(units=6), POOLED),
+    case("ArcFaceHead", ArcFaceHead, dict(num_classes=5, units=6, scale=16.0, margin=0.3), POOLED),
     case("RandomCornerWarp", RandomCornerWarp, dict(factor=0.1, seed=3), IMAGES),
 ]
 

@@ -1,6 +1,7 @@
 """The benchmark scripts in recipes/benchmarks run (`--smoke`), so they cannot rot."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -23,3 +24,9 @@ def test_study_smoke_run_reports_every_row(tmp_path):
                 "MobileNetV2 0.35"):
         assert f"| {row} |" in report
     assert plot.stat().st_size > 10_000
+
+
+def test_identification_smoke_run_reports_every_row():
+    report = run_smoke("identification.py")
+    for row in ("dynamic, budget 0.2", "fixed 16 px grid"):
+        assert re.search(rf"^\| {row} \| \d\.\d{{3}} ± \d\.\d{{3}} \| \d\.\d{{3}} ± ", report, re.MULTILINE), row

@@ -85,13 +85,14 @@ def options():
 class GridPatchModel(keras.Model):
     """The dynamic model's networks on a fixed grid of `side` px patches, cut by
     `tf.image.extract_patches` and area-resized to the token only when `side`
-    differs from it: no complexity map, no quadtree, no sorting."""
+    differs from it: no complexity map, no quadtree, no sorting. `part_options`: more
+    `default_parts` options (widths, the head's `identity_dim`)."""
 
-    def __init__(self, side, num_classes, head_type="pooled", **kwargs):
+    def __init__(self, side, num_classes, head_type="pooled", part_options=None, **kwargs):
         super().__init__(**kwargs)
         self.side, self.num_classes, self.head_type = side, num_classes, head_type
         parts = default_parts(num_classes=num_classes, head_type=head_type, token_size=TOKEN,
-                              include=("attention", "embedder", "position", "head"))
+                              include=("attention", "embedder", "position", "head"), **(part_options or {}))
         self.attention, self.embedder = parts["attention"], parts["embedder"]
         self.position, self.head = parts["position"], parts["head"]
 
