@@ -123,6 +123,8 @@ def _train_model(args, class_names, thresholds, sizes):
         num_classes=len(class_names),
         thresholds=thresholds,
         penalty_weight=args.penalty_weight,
+        patch_budget=args.patch_budget,
+        budget_momentum=args.budget_momentum,
         token_size=args.token_size,
         embed_dim=args.embed_dim,
         width_multiplier=args.width_multiplier,

@@ -90,6 +90,13 @@ def _add_train_parser(commands):
                         f"{MIN_PATCH_SIZE})")
     parser.add_argument("--penalty-weight", type=float, default=0.0,
                         help="weight of the penalty on the expected patch count")
+    parser.add_argument("--patch-budget", type=float, metavar="F",
+                        help="penalise only the patch fraction over F (of the finest count), "
+                        "e.g. 0.15 with --penalty-weight 0.1 (default: the whole fraction)")
+    parser.add_argument("--budget-momentum", type=float, default=0.9, metavar="M",
+                        help="the budget penalty reads a running mean of the batches' "
+                        "patch fraction with this momentum; 0.5-0.7 for weights near 1 "
+                        "(default 0.9)")
     parser.add_argument("--token-size", type=int, default=16,
                         help="side every patch is resampled to")
     parser.add_argument("--embed-dim", type=int, default=64, help="embedding size")
@@ -271,6 +278,7 @@ def _add_images_arguments(parser, model_required, beam=False):
 # "num_classes" is left out, the data decides it.
 CONFIG_FLAGS = {
     "model": {"thresholds": "thresholds", "penalty_weight": "penalty_weight",
+              "patch_budget": "patch_budget", "budget_momentum": "budget_momentum",
               "token_size": "token_size", "embed_dim": "embed_dim",
               "width_multiplier": "width_multiplier", "attention_filters": "attention_filters",
               "base_size": "base_size", "min_size": "min_patch_size",

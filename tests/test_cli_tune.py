@@ -33,11 +33,12 @@ def search(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(search, tmp_path_factory):
-    """`train --config best_config.json`, the penalty weight given as a flag too."""
+    """`train --config best_config.json`, the penalty weight and budget momentum given as flags too."""
     output = tmp_path_factory.mktemp("train")
     status, log = run_main(["train", "--config", str(search.directory / "best_config.json"),
                             *DATA, "--validation-split", "0", "--epochs", "1",
-                            "--penalty-weight", "0.25", "--output", str(output)])
+                            "--penalty-weight", "0.25", "--budget-momentum", "0.6",
+                            "--output", str(output)])
     assert status == 0, log
     return keras.models.load_model(output / "model.keras"), output / "model.keras"
 
@@ -88,6 +89,8 @@ def test_train_takes_the_best_configuration_and_explicit_flags_win(search, train
     assert (model.patcher.token_size, model.embedder.embed_dim) == (8, 8)
     assert model.embedder.get_config()["width_multiplier"] == 0.25
     assert model.penalty_weight == 0.25  # the flag, not the file's
+    assert model.patch_budget == config["patch_budget"] == BUDGET  # the search's budget, in training too
+    assert model.running_fraction.momentum == 0.6
     schedule = model.optimizer.get_config()["learning_rate"]["config"]
     assert schedule["initial_learning_rate"] == pytest.approx(search.config["training"]["learning_rate"])
 
