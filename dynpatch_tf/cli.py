@@ -164,7 +164,7 @@ def _evaluate(args):
     model = _load_model(args.model)
     if args.task == "identification":
         with _reported(ValueError, OSError, tf.errors.OpError):
-            data, identities = cli_search.identification_data(args, folder_datasets)
+            data, identities = cli_search.identification_data(args)
             return cli_search.evaluate_identification(model, data, identities, args)
     if args.identities is not None or identifies(model.head):
         raise CommandError("--identities and identification models are for --task identification.")

@@ -103,15 +103,10 @@ def search(args):
             print(f"{rank:>4} {score:8.4f}  {found}")
 
 
-def identification_data(args, folder_datasets):
-    """`(dataset, identity count)` of `evaluate --task identification`'s data.
-
-    Args:
-        args: the parsed arguments.
-        folder_datasets: `dynpatch_tf.training.folder_datasets` (passed in: this
-            module stays free of the training helpers).
-    """
+def identification_data(args):
+    """`(dataset, identity count)` of `evaluate --task identification`'s data."""
     from dynpatch_tf.needle_identities import make_identities
+    from dynpatch_tf.training import folder_datasets
 
     if args.needles is not None:
         raise ValueError("--needles are classes; identification takes --identities N or --data DIR.")

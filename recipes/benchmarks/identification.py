@@ -38,7 +38,7 @@ from dynpatch_tf.calibration import calibrate_thresholds
 from dynpatch_tf.needle_identities import identity_batches, identity_splits
 from dynpatch_tf.needles import NEEDLES_SIGMA
 from dynpatch_tf.retrieval import query_gallery_split, retrieval_metrics
-from study import TOKEN, GridPatchModel, patches_per_image
+from study import TOKEN, GridPatchModel, patches_per_image, sweep_and_seeds
 
 # The parts every row shares (small: the run must fit a 2-core machine).
 PARTS = dict(embed_dim=32, identity_dim=32, width_multiplier=0.35, attention_filters=(8, 16),
@@ -129,9 +129,7 @@ def fit(make, seed, learning_rate, data, args):
 
 
 def study_row(name, make, data, args):
-    sweep = {rate: fit(make, 0, rate, data, args) for rate in args.learning_rates}
-    best = max(sweep, key=lambda rate: sweep[rate][1])
-    runs = [sweep[best]] + [fit(make, seed, best, data, args) for seed in range(1, args.seeds)]
+    sweep, best, runs = sweep_and_seeds(fit, make, data, args)
     tests = [scores(model, data["test"], args) for model, _, _ in runs]
     recall = np.array([result.recall[1] for result in tests])
     mean_ap = np.array([result.mean_average_precision for result in tests])

@@ -190,11 +190,20 @@ def patches_per_image(model, images, batch):
     return float(np.concatenate(counts).mean())
 
 
-def study_row(name, make, data, args):
-    """The protocol for one row: the sweep on seed 0, then the seeds at the best rate."""
+def sweep_and_seeds(fit, make, data, args):
+    """The protocol's training for one row: `fit(make, seed, rate, data, args)` (returning
+    `(model, validation score, epochs)`) at every learning rate on seed 0, then at the
+    best rate on the other seeds. Returns `(sweep {rate: fit result}, best rate, runs)`,
+    the runs at the best rate, seed 0 first."""
     sweep = {rate: fit(make, 0, rate, data, args) for rate in args.learning_rates}
     best = max(sweep, key=lambda rate: sweep[rate][1])
     runs = [sweep[best]] + [fit(make, seed, best, data, args) for seed in range(1, args.seeds)]
+    return sweep, best, runs
+
+
+def study_row(name, make, data, args):
+    """The protocol for one row: the sweep on seed 0, then the seeds at the best rate."""
+    sweep, best, runs = sweep_and_seeds(fit, make, data, args)
     tests = [accuracy(model, *data["test"], args.batch) for model, _, _ in runs]
     model = runs[0][0]
     row = dict(name=name, rate=best, epochs=float(np.mean([epochs for _, _, epochs in runs])),
