@@ -256,8 +256,9 @@ class DynamicPatcher(keras.layers.Layer):
     def _merge_levels(self, images, leaves, gates, height, width):
         """Cut, resample and order the leaves of all levels into ragged tensors."""
         batch = tf.shape(images, out_type=tf.int64)[0]
+        sources = self._token_sources(images)
         parts = [
-            self._level_patches(images, leaf, gate, level, height, width)
+            self._level_patches(images, sources, leaf, gate, level, height, width)
             for level, (leaf, gate) in enumerate(zip(leaves, gates))
         ]
         merged = {key: tf.concat([part[key] for part in parts], 0) for key in parts[0]}
@@ -269,11 +270,13 @@ class DynamicPatcher(keras.layers.Layer):
             for key, value in merged.items()
         }
 
-    def _level_patches(self, images, leaf, gate, level, height, width):
+    def _level_patches(self, images, sources, leaf, gate, level, height, width):
         size = self.sizes[level]
         index = tf.where(leaf)
         image, row, col = index[:, 0], index[:, 1], index[:, 2]
-        pixels = self._resample(_cut_patches(images, index, size))
+        pixels = _cut_patches(sources[size], index, min(size, self.token_size))
+        if size < self.token_size:
+            pixels = tf.image.resize(pixels, (self.token_size, self.token_size), method="bilinear")
         y0, x0 = tf.cast(row, tf.int32) * size, tf.cast(col, tf.int32) * size
         boxes = tf.stack([y0, x0, tf.minimum(y0 + size, height), tf.minimum(x0 + size, width)], 1)
         return {
@@ -285,14 +288,22 @@ class DynamicPatcher(keras.layers.Layer):
             "key": _order_key(images, image, row, col, level, self.base_size, self.num_levels),
         }
 
-    def _resample(self, patches):
-        """`[n, s, s, C]` -> `[n, P, P, C]`: area mean when shrinking, bilinear when enlarging."""
-        size, token = patches.shape[1], self.token_size
-        if size == token:
-            return patches
-        if size < token:
-            return tf.image.resize(patches, (token, token), method="bilinear")
-        return image_ops.block_mean(patches, size // token)
+    def _token_sources(self, images):
+        """{patch side: the image its patches are cut from}, each at one token per patch.
+
+        Levels of patches at least `token_size` wide read an area-mean pyramid
+        of the whole padded image (`avg_pool2d` by 2, repeated): there a patch
+        of `size` px is a `token_size` block of the image pooled by
+        `size / token_size`, so shrinking costs a pass over the image, not a
+        mean over every cut patch. Smaller patches read the image itself (and
+        are enlarged after cutting).
+        """
+        sources, pooled, factor = {}, images, 1
+        for size in reversed(self.sizes):  # finest first
+            while factor < size // self.token_size:
+                pooled, factor = tf.nn.avg_pool2d(pooled, 2, 2, "VALID"), factor * 2
+            sources[size] = pooled if size >= self.token_size else images
+        return sources
 
     def get_config(self):
         config = super().get_config()

@@ -24,6 +24,8 @@ from dynpatch_tf import DynamicPatchModel, make_needles  # noqa: E402
 from dynpatch_tf.image_files import sample_photo  # noqa: E402
 from dynpatch_tf.inference import image_function  # noqa: E402
 from dynpatch_tf.needles import NEEDLES_SIGMA, NEEDLES_THRESHOLDS  # noqa: E402
+from dynpatch_tf.parts import default_parts  # noqa: E402
+from dynpatch_tf.patch_ops import weighted_mean  # noqa: E402
 
 # Every model variant gets its own tf.function; TF's retracing warning counts them all.
 tf.get_logger().setLevel("ERROR")
@@ -212,6 +214,52 @@ def level_counts(model, images, batch=8):
     return np.stack(rows)
 
 
+@keras.saving.register_keras_serializable(package="recipes")
+class GridPatchModel(keras.Model):
+    """The dynamic model's networks on a fixed grid of `side` px patches, cut by
+    `tf.image.extract_patches` and resampled to the token only when `side`
+    differs from it (area mean when shrinking, bilinear when enlarging, as the
+    patcher does): no complexity map, no quadtree, no sorting. This is the fair
+    grid of issues 11 and 14 (at `side=8`, `token_size=8`). `part_options`:
+    more `default_parts` options (widths, the head's `identity_dim`)."""
+
+    def __init__(self, side, num_classes, head_type="pooled", token_size=8, part_options=None, **kwargs):
+        super().__init__(**kwargs)
+        self.side, self.num_classes, self.head_type = side, num_classes, head_type
+        self.token_size = token_size
+        parts = default_parts(num_classes=num_classes, head_type=head_type, token_size=token_size,
+                              include=("attention", "embedder", "position", "head"), **(part_options or {}))
+        self.attention, self.embedder = parts["attention"], parts["embedder"]
+        self.position, self.head = parts["position"], parts["head"]
+
+    def call(self, images, training=False):
+        images = tf.convert_to_tensor(images)
+        if images.dtype == tf.uint8:
+            images = tf.cast(images, tf.float32) / 255.0
+        pixels, boxes = self._grid(images)
+        weights = self.attention(pixels, training=training)
+        embeddings = self.embedder(pixels, scales=weights, training=training)
+        embeddings += self.position(boxes, tf.shape(images)[1:3])[None]
+        ragged = tf.RaggedTensor.from_tensor(embeddings)
+        if self.head_type == "transformer":
+            return self.head(ragged, training=training)
+        flat_weights = tf.reshape(weights, [-1])
+        return self.head(weighted_mean(ragged.values, flat_weights, ragged))
+
+    def _grid(self, images):
+        """`[B, N, T, T, C]` patches and their `[N, 4]` boxes (row-major)."""
+        side, token, channels = self.side, self.token_size, images.shape[-1]
+        cut = tf.image.extract_patches(images, [1, side, side, 1], [1, side, side, 1], [1, 1, 1, 1], "VALID")
+        rows, cols = tf.shape(cut)[1], tf.shape(cut)[2]
+        pixels = tf.reshape(cut, [-1, side, side, channels])
+        if side != token:
+            pixels = tf.image.resize(pixels, [token, token], method="area" if side > token else "bilinear")
+        pixels = tf.reshape(pixels, [tf.shape(images)[0], rows * cols, token, token, channels])
+        y, x = tf.meshgrid(tf.range(rows) * side, tf.range(cols) * side, indexing="ij")
+        starts = tf.reshape(tf.stack([y, x], -1), [-1, 2])
+        return pixels, tf.concat([starts, starts + side], 1)
+
+
 # -- timing --------------------------------------------------------------------
 
 
@@ -252,6 +300,14 @@ def time_calls(functions, batches, repeats, warmup=1):
             if index >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: np.array(values) for name, values in times.items()}
+
+
+def seconds_per_batch(seconds, count):
+    """Mean over `count` batches of each batch's median seconds, from `time_calls`
+    times that cycle through the batches (`len(seconds)` a multiple of `count`):
+    every image counts alike, and a throughput `batch / seconds_per_batch` is
+    the set's throughput, not a typical image's (the median of all calls)."""
+    return float(np.median(np.reshape(seconds, [-1, count]), 0).mean())
 
 
 def latency(times):

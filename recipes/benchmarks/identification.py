@@ -38,7 +38,7 @@ from dynpatch_tf.calibration import calibrate_thresholds
 from dynpatch_tf.needle_identities import identity_batches, identity_splits
 from dynpatch_tf.needles import NEEDLES_SIGMA
 from dynpatch_tf.retrieval import query_gallery_split, retrieval_metrics
-from study import TOKEN, GridPatchModel, patches_per_image, sweep_and_seeds
+from study import TOKEN, patches_per_image, sweep_and_seeds
 
 # The parts every row shares (small: the run must fit a 2-core machine).
 PARTS = dict(embed_dim=32, identity_dim=32, width_multiplier=0.35, attention_filters=(8, 16),
@@ -113,7 +113,7 @@ def dynamic_row(budget, data, args):
 def grid_row(side):
     def make(seed):
         keras.utils.set_random_seed(seed)
-        return GridPatchModel(side, None, "identification", part_options=PARTS)
+        return common.GridPatchModel(side, None, "identification", part_options=PARTS)
     return make
 
 

@@ -83,8 +83,7 @@ def timing(model, images, batch, repeats):
     """
     batches = [images[start:start + batch] for start in range(0, len(images), batch)]
     seconds = common.time_calls(stages(model), batches, repeats * len(batches))
-    times = {name: np.median(np.reshape(values, [repeats, len(batches)]), 0).mean()
-             for name, values in seconds.items()}
+    times = {name: common.seconds_per_batch(values, len(batches)) for name, values in seconds.items()}
     embed = times["whole embed"]
     rows = [[name, f"{seconds:.3f}", f"{1000 * seconds / batch:.1f}", f"{100 * seconds / embed:.1f}%"]
             for name, seconds in times.items()]

@@ -40,14 +40,11 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import common
 from dynpatch_tf import make_needles
 from dynpatch_tf.needles import NEEDLES_SIGMA
 from dynpatch_tf.calibration import calibrate_thresholds
-from dynpatch_tf.parts import default_parts
-from dynpatch_tf.patch_ops import weighted_mean
 
 PLOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
                                     "study_accuracy_vs_compute.png"))
@@ -65,7 +62,7 @@ def options():
     parser.add_argument("--patience", type=int, default=4, help="early-stopping patience (epochs)")
     parser.add_argument("--penalty-weight", type=float, default=0.3)
     parser.add_argument("--time-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row and timed batch")
     parser.add_argument("--skip", nargs="*", default=[], help="row names to leave out, as the table names them (e.g. 'MobileNetV2 1')")
     parser.add_argument("--plot", default=PLOT)
     args = parser.parse_args()
@@ -76,52 +73,6 @@ def options():
         if args.plot == PLOT:  # a smoke run never overwrites the docs' plot
             args.plot = os.path.join(tempfile.gettempdir(), "study_smoke.png")
     return args
-
-
-# -- the grid model ------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="recipes")
-class GridPatchModel(keras.Model):
-    """The dynamic model's networks on a fixed grid of `side` px patches, cut by
-    `tf.image.extract_patches` and area-resized to the token only when `side`
-    differs from it: no complexity map, no quadtree, no sorting. `part_options`: more
-    `default_parts` options (widths, the head's `identity_dim`)."""
-
-    def __init__(self, side, num_classes, head_type="pooled", part_options=None, **kwargs):
-        super().__init__(**kwargs)
-        self.side, self.num_classes, self.head_type = side, num_classes, head_type
-        parts = default_parts(num_classes=num_classes, head_type=head_type, token_size=TOKEN,
-                              include=("attention", "embedder", "position", "head"), **(part_options or {}))
-        self.attention, self.embedder = parts["attention"], parts["embedder"]
-        self.position, self.head = parts["position"], parts["head"]
-
-    def call(self, images, training=False):
-        images = tf.convert_to_tensor(images)
-        if images.dtype == tf.uint8:
-            images = tf.cast(images, tf.float32) / 255.0
-        pixels, boxes = self._grid(images)
-        weights = self.attention(pixels, training=training)
-        embeddings = self.embedder(pixels, scales=weights, training=training)
-        embeddings += self.position(boxes, tf.shape(images)[1:3])[None]
-        ragged = tf.RaggedTensor.from_tensor(embeddings)
-        if self.head_type == "transformer":
-            return self.head(ragged, training=training)
-        flat_weights = tf.reshape(weights, [-1])
-        return self.head(weighted_mean(ragged.values, flat_weights, ragged))
-
-    def _grid(self, images):
-        """`[B, N, T, T, C]` patches and their `[N, 4]` boxes (row-major)."""
-        side, channels = self.side, images.shape[-1]
-        cut = tf.image.extract_patches(images, [1, side, side, 1], [1, side, side, 1], [1, 1, 1, 1], "VALID")
-        rows, cols = tf.shape(cut)[1], tf.shape(cut)[2]
-        pixels = tf.reshape(cut, [-1, side, side, channels])
-        if side != TOKEN:
-            pixels = tf.image.resize(pixels, [TOKEN, TOKEN], method="area")
-        pixels = tf.reshape(pixels, [tf.shape(images)[0], rows * cols, TOKEN, TOKEN, channels])
-        y, x = tf.meshgrid(tf.range(rows) * side, tf.range(cols) * side, indexing="ij")
-        starts = tf.reshape(tf.stack([y, x], -1), [-1, 2])
-        return pixels, tf.concat([starts, starts + side], 1)
 
 
 # -- rows ------------------------------------------------------------------------
@@ -140,7 +91,7 @@ def dynamic_row(budget, head_type, data, args):
 def grid_row(side, head_type, args):
     def make(seed):
         keras.utils.set_random_seed(seed)
-        return GridPatchModel(side, args.classes, head_type)
+        return common.GridPatchModel(side, args.classes, head_type)
     return make
 
 
@@ -182,7 +133,7 @@ def accuracy(model, images, labels, batch):
 
 def patches_per_image(model, images, batch):
     """Mean patches per image of a patch model on `images`; None for a whole-image CNN."""
-    if isinstance(model, GridPatchModel):
+    if isinstance(model, common.GridPatchModel):
         return float((images.shape[1] // model.side) * (images.shape[2] // model.side))
     if not hasattr(model, "patches"):
         return None
@@ -240,9 +191,10 @@ def time_rows(rows, images, args):
     """ms per image of every row's seed-0 model, interleaved call by call."""
     batches = [images[i:i + args.time_batch] for i in range(0, len(images) - args.time_batch + 1, args.time_batch)]
     functions = {row["name"]: common.predictor(row["model"]) for row in rows}
-    times = common.time_calls(functions, batches[:4], args.repeats)
+    timed = batches[:4]
+    times = common.time_calls(functions, timed, args.repeats * len(timed))
     for row in rows:
-        row["ms"] = 1000 * float(np.median(times[row["name"]])) / args.time_batch
+        row["ms"] = 1000 * common.seconds_per_batch(times[row["name"]], len(timed)) / args.time_batch
 
 
 # -- report --------------------------------------------------------------------------

@@ -7,17 +7,20 @@ and on needles images (512x512), in inference mode (a tf.function of
 * dynamic: DynamicPatchModel with the library defaults on the photos (not
   calibrated: the default thresholds are calibrated once, on these photos),
   with the needles thresholds and sigma on needles;
-* finest grid: the same model with every patch at 8 px (block rule, tiny
-  thresholds; checked on the images);
+* 8 px grid (fair): the same networks on every 8 px patch, cut by
+  `tf.image.extract_patches` (`common.GridPatchModel`): no complexity map, no
+  quadtree, no sorting, and at token size 8 no resampling;
 * uniform grid: one patch size for every patch, the level whose patch count is
-  nearest the dynamic model's mean count on that image set (may coincide with
-  the finest grid, then it is not timed twice);
+  nearest the dynamic model's mean count on that image set, cut the same way
+  (may coincide with the 8 px grid, then it is not timed twice);
 * MobileNetV2 alpha 0.35 (weights=None) on the whole image;
 * with --threshold-scales S...: the dynamic model with its thresholds
   times S, for information (no verdict).
 
 All variants run interleaved, call by call, so load from other jobs spreads
-evenly. Latency is per call (a whole batch); throughput is batch / median latency.
+evenly. Latency is per call (a whole batch). Throughput is batch / (the mean over
+the batches of each batch's median seconds): at batch 1 every image of the set
+counts alike, so it is the set's throughput, not a typical image's.
 
     python recipes/benchmarks/throughput.py              # batch 32: ~20-30 min on 2 cores
     python recipes/benchmarks/throughput.py --quick      # batch 8, fewer calls: ~5-7 min
@@ -35,22 +38,23 @@ Prints a Markdown section for docs/benchmarks.md, with met/missed lines for the
 issue's throughput targets (their accuracy halves are in study.py).
 """
 
+import keras
 import numpy as np
 
 import common
 from dynpatch_tf.calibration import calibrate_thresholds  # after common, which quiets TensorFlow
 
-FINEST = len(common.LEVEL_SIZES) - 1
-DYNAMIC, CALIBRATED = "dynamic", "dynamic, calibrated"
+FINEST_SIDE = common.LEVEL_SIZES[-1]
+DYNAMIC, CALIBRATED, FINEST_GRID = "dynamic", "dynamic, calibrated", "8 px grid (fair)"
 
 
 def options():
     parser = common.parser(__doc__)
     parser.add_argument("--size", type=int, default=512, help="image side")
     parser.add_argument("--batch", type=int, default=32, help="the large batch")
-    parser.add_argument("--calls", type=int, default=5, help="timed calls at the large batch")
-    parser.add_argument("--calls1", type=int, default=40, help="timed calls at batch 1")
-    parser.add_argument("--quick", action="store_true", help="batch 8, 3 calls at batch 8, 16 at batch 1")
+    parser.add_argument("--calls", type=int, default=5, help="timed calls per batch at the large batch")
+    parser.add_argument("--calls1", type=int, default=5, help="timed calls per image at batch 1")
+    parser.add_argument("--quick", action="store_true", help="batch 8, 3 calls per batch or image")
     parser.add_argument("--threshold-scales", type=float, nargs="*", default=[],
                         help="also time the dynamic model with its thresholds times each of these")
     parser.add_argument("--calibrate", type=float, metavar="F",
@@ -61,52 +65,45 @@ def options():
                         help="token size of every dynamic and grid model (default: the library's)")
     args = parser.parse_args()
     if args.quick:
-        args.batch, args.calls, args.calls1 = 8, 3, 16
+        args.batch, args.calls, args.calls1 = 8, 3, 3
     if args.smoke:
-        args.size, args.batch, args.calls, args.calls1 = 128, 2, 1, 2
+        args.size, args.batch, args.calls, args.calls1 = 128, 2, 1, 1
     return args
 
 
-def checked_grid(level, images, settings_note, settings):
-    """A uniform-grid model at `level`, and a line saying whether all its patches are on it."""
-    model = common.dynamic_model(**{**settings, **common.uniform_settings(level)})
-    counts = common.level_counts(model, images)
-    only = bool((counts.sum(1) == counts[:, level]).all())
-    side = common.LEVEL_SIZES[level]
-    note = (f"- {side} px grid ({settings_note}): "
-            + ("every patch of every image is " if only else "NOT all patches are ") + f"{side} px "
-            f"({counts[:, level].sum()} of {counts.sum()}).")
-    return model, note
+def fair_grid(side, token_size, size):
+    """The fair grid of `side` px patches at `token_size` (`common.GridPatchModel`:
+    the dynamic model's networks on `tf.image.extract_patches`, no complexity map,
+    no quadtree, no sorting), built and seeded, with its patches per image."""
+    keras.utils.set_random_seed(0)
+    model = common.GridPatchModel(side, 4, token_size=token_size)
+    model(np.zeros((1, size, size, 3), np.uint8))  # builds it
+    return model, common.uniform_count(common.LEVEL_SIZES.index(side), size, size)
 
 
 def variants(images, threshold_scales, calibrate, settings):
     """{name: (model, patches per image)} and notes on how they were chosen.
 
-    `settings`: the `common.dynamic_model` options of every dynamic and grid model."""
+    `settings`: the `common.dynamic_model` options of every dynamic model."""
     size = images.shape[1]
     dynamic = common.dynamic_model(**settings)
+    token = dynamic.patcher.token_size
     mean = common.level_counts(dynamic, images).sum(1).mean()
-    finest, finest_note = checked_grid(FINEST, images, "finest", settings)
-    level = common.nearest_level(mean, size, size)
-    side = common.LEVEL_SIZES[level]
+    side = common.LEVEL_SIZES[common.nearest_level(mean, size, size)]
     thresholds = dynamic.patcher.initial_thresholds
     notes = [
         f"- dynamic model: thresholds ({', '.join(f'{t:g}' for t in thresholds)}), sigma "
-        f"{dynamic.complexity.sigma:g}, token size {dynamic.patcher.token_size}, not calibrated: {mean:.0f} "
+        f"{dynamic.complexity.sigma:g}, token size {token}, not calibrated: {mean:.0f} "
         "patches per image on average.",
-        finest_note,
-        f"- uniform grid: {side} px ({common.uniform_count(level, size, size)} patches per image) is the "
-        f"level nearest the dynamic mean of {mean:.0f}"
-        + (", i.e. the finest grid itself: timed once." if level == FINEST else "."),
+        f"- grids: the same networks on `tf.image.extract_patches` patches at token size {token} "
+        "(`common.GridPatchModel`), with no complexity map, quadtree or sorting.",
+        f"- uniform grid: {side} px ({common.uniform_count(common.LEVEL_SIZES.index(side), size, size)} "
+        f"patches per image) is the side nearest the dynamic mean of {mean:.0f}"
+        + (", i.e. the 8 px grid itself: timed once." if side == FINEST_SIDE else "."),
     ]
-    models = {
-        DYNAMIC: (dynamic, mean),
-        "finest grid (8 px)": (finest, common.uniform_count(FINEST, size, size)),
-    }
-    if level != FINEST:
-        uniform, uniform_note = checked_grid(level, images, "uniform", settings)
-        notes.append(uniform_note)
-        models[f"uniform grid ({side} px)"] = (uniform, common.uniform_count(level, size, size))
+    models = {DYNAMIC: (dynamic, mean), FINEST_GRID: fair_grid(FINEST_SIDE, token, size)}
+    if side != FINEST_SIDE:
+        models[f"uniform grid ({side} px)"] = fair_grid(side, token, size)
     models["MobileNetV2 0.35, whole image"] = (common.mobilenet(size), "-")
     for scale in threshold_scales:
         scaled = common.dynamic_model(**{**settings, "thresholds": [t * scale for t in thresholds]})
@@ -124,7 +121,7 @@ def variants(images, threshold_scales, calibrate, settings):
 
 def calibration_verdicts(speed, models, target, batch):
     """Verdicts of issue 14 for the calibrated model: its count, and 5x the 8 px grid."""
-    calibrated, finest = speed[CALIBRATED], speed["finest grid (8 px)"]
+    calibrated, finest = speed[CALIBRATED], speed[FINEST_GRID]
     count = models[CALIBRATED][1]
     lines = [common.verdict(f"calibrated >= 5x the 8 px grid of the same token size, batch {batch}",
                             calibrated >= 5 * finest,
@@ -143,8 +140,8 @@ def measure(models, images, batch, calls):
     else:
         batches = [images[:batch]]
     functions = {name: common.predictor(model) for name, (model, _) in models.items()}
-    times = common.time_calls(functions, batches, calls)
-    speed = {name: batch / np.median(seconds) for name, seconds in times.items()}
+    times = common.time_calls(functions, batches, calls * len(batches))
+    speed = {name: batch / common.seconds_per_batch(seconds, len(batches)) for name, seconds in times.items()}
     dynamic = speed[DYNAMIC]
     rows = []
     for name, seconds in times.items():
@@ -160,7 +157,7 @@ def verdicts(speed, batch, token_size, described):
     """Verdicts of issue 6 for the dynamic model (`described`: its settings in words);
     at token size 8 its 8 px grid is issue 14's fair grid."""
     dynamic = speed[DYNAMIC]
-    finest = speed["finest grid (8 px)"]
+    finest = speed[FINEST_GRID]
     whole = speed["MobileNetV2 0.35, whole image"]
     grid = "the fair grid (8 px patches at token size 8)" if token_size == 8 else f"token size {token_size}"
     return [
@@ -175,11 +172,13 @@ def main():
     args = options()
     common.header(
         "Throughput and latency (issue 6)",
-        [f"Inference on the CPU, {args.size}x{args.size} images, batch 1 ({args.calls1} calls, cycling through "
-         f"the set's images) and batch {args.batch} ({args.calls} calls), after one warm-up round; medians, "
-         "variants interleaved call by call. Random weights. Latency is per call; p99 of fewer than 100 calls "
-         f"is about their maximum. The dynamic model: the library defaults on the photos, {common.NEEDLES_NOTE} "
-         "on needles; the grids are the same model."],
+        [f"Inference on the CPU, {args.size}x{args.size} images, batch 1 ({args.calls1} calls per image, "
+         f"cycling through the set's images) and batch {args.batch} ({args.calls} calls), after one warm-up "
+         "call; variants interleaved call by call. Images per second: batch over the mean, over the batches, "
+         "of each batch's median seconds (every image counts alike). Random weights. Latency is per call; "
+         "p99 of fewer than 100 calls is about their maximum. The dynamic model: the library defaults on the "
+         f"photos, {common.NEEDLES_NOTE} on needles; the grids are its networks on `tf.image.extract_patches` "
+         "patches, with no complexity map, quadtree or sorting."],
     )
     token = {} if args.token_size is None else {"token_size": args.token_size}
     for name, (images, settings) in common.image_sets(args.batch, args.size).items():
@@ -193,7 +192,7 @@ def main():
             print(f"Batch {batch}:\n\n{text}\n", flush=True)
             lines += verdicts(speed, batch, models[DYNAMIC][0].patcher.token_size, described)
             if args.calibrate is not None:
-                finest = common.uniform_count(FINEST, args.size, args.size)
+                finest = common.uniform_count(common.LEVEL_SIZES.index(FINEST_SIDE), args.size, args.size)
                 lines += calibration_verdicts(speed, models, args.calibrate * finest, batch)
         print("\n".join(lines) + "\n", flush=True)
 
