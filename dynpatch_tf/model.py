@@ -250,6 +250,24 @@ class DynamicPatchModel(keras.Model):
         """
         images = tf.convert_to_tensor(images)
         patches = self.patches(images, training=training)
+        return self.embed_patches(patches, tf.shape(images)[1:3], training=training)
+
+    def embed_patches(self, patches, image_size, training=False):
+        """`embed` from the patcher's output: the networks alone, without the adaptive part.
+
+        For patches computed once and embedded several times, or to time the
+        networks on their own (`recipes/benchmarks/throughput.py`).
+
+        Args:
+            patches: the dict of `patches(images)` (`pixels`, `gates`, `boxes`,
+                `levels`, `patch_fraction`).
+            image_size: `[2]` int32 height and width of the images (for the
+                position encoding).
+            training: run BatchNorm in training mode.
+
+        Returns:
+            `embed`'s dict.
+        """
         pixels = patches["pixels"]
         pixels = pixels.with_flat_values(tf.cast(pixels.flat_values, self.embedder.compute_dtype))
         attention = self.attention(pixels, training=training)
@@ -258,7 +276,7 @@ class DynamicPatchModel(keras.Model):
         embeddings = self.embedder(pixels, scales=weights, training=training).values
         boxes = patches["boxes"]
         if self.position is not None:
-            embeddings += tf.cast(self.position(boxes.values, tf.shape(images)[1:3]), embeddings.dtype)
+            embeddings += tf.cast(self.position(boxes.values, image_size), embeddings.dtype)
         embed_dim = self.embedder.embed_dim
         return {
             "patch_embeddings": pixels.with_values(embeddings),

@@ -265,10 +265,9 @@ class DynamicPatcher(keras.layers.Layer):
         order = tf.argsort(merged.pop("key"), stable=True)
         merged = {key: tf.gather(value, order) for key, value in merged.items()}
         rows = merged.pop("image")
-        return {
-            key: tf.RaggedTensor.from_value_rowids(value, rows, nrows=batch, validate=False)
-            for key, value in merged.items()
-        }
+        # One row partition for all outputs (each built from the row ids would count them again).
+        ragged = tf.RaggedTensor.from_value_rowids(merged["levels"], rows, nrows=batch, validate=False)
+        return {key: ragged.with_values(value) for key, value in merged.items()}
 
     def _level_patches(self, images, sources, leaf, gate, level, height, width):
         size = self.sizes[level]

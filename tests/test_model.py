@@ -168,6 +168,21 @@ def test_embed_structure_and_attention_ranges():
     np.testing.assert_allclose(sums, 1.0, atol=1e-5)
 
 
+def test_embed_patches_on_the_patchers_output_gives_embeds_outputs():
+    images = photo("astronaut")[None, :128, :192]
+    model = DynamicPatchModel(num_classes=3, position_encoding=True, **TINY)
+    whole = model.embed(images)
+    parts = model.embed_patches(model.patches(images), tf.constant([128, 192]))
+    assert sorted(parts) == sorted(whole)
+    for key in ("pooled_embedding", "patch_embeddings", "attention", "boxes", "patch_fraction"):
+        expected, actual = whole[key], parts[key]
+        if isinstance(expected, tf.RaggedTensor):
+            expected, actual = expected.flat_values, actual.flat_values
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+    other_size = model.embed_patches(model.patches(images), tf.constant([256, 384]))
+    assert not np.allclose(other_size["pooled_embedding"], whole["pooled_embedding"])  # the size reaches the position code
+
+
 def test_pooled_embedding_is_the_attention_weighted_mean():
     model = DynamicPatchModel(num_classes=2, position_encoding=False, **TINY)
     out = model.embed(photo("camera")[None, :128, :128])

@@ -20,8 +20,9 @@ sets: the 8 photos and needles images, 512x512.
     python recipes/benchmarks/overhead.py --batch 1  # one image per call
     python recipes/benchmarks/overhead.py --smoke    # 128x128, tiny: <1 min
 
-Prints a Markdown section for docs/benchmarks.md, with a met/missed line for the
-issue's target: complexity map + subdivision + extraction <= 10% of forward time.
+Prints a Markdown section for docs/benchmarks.md, with a met/missed line for
+issue 11's target: complexity map + subdivision + extraction <= 10% of forward time
+on photos, <= 25% on needles.
 """
 
 import numpy as np
@@ -30,7 +31,8 @@ import tensorflow as tf
 import common
 from dynpatch_tf.inference import image_function
 
-TARGET_SHARE = 0.10
+# Issue 11's goal for the adaptive part's share of the forward time, per image set.
+TARGET_SHARE = {"photos": 0.10, "needles": 0.25}
 TIMED_IMAGES = 8
 
 
@@ -75,7 +77,7 @@ def stages(model):
     return functions
 
 
-def timing(model, images, batch, repeats):
+def timing(model, images, batch, repeats, target):
     """Per stage: seconds per call of `batch` images, averaged over the batches of `images`.
 
     Each batch is timed `repeats` times (round robin); its median is taken, and
@@ -90,8 +92,8 @@ def timing(model, images, batch, repeats):
     share = times["complexity map + patcher"] / embed
     text = common.table(["stage", "median s", "ms / image", "share of embed"], rows)
     line = common.verdict(
-        f"complexity map + subdivision + extraction <= {TARGET_SHARE:.0%} of forward (embed) time",
-        share <= TARGET_SHARE,
+        f"complexity map + subdivision + extraction <= {target:.0%} of forward (embed) time",
+        share <= target,
         f"{100 * share:.1f}%: {times['complexity map + patcher']:.3f} s of {embed:.3f} s; "
         f"complexity map alone {100 * times['complexity map'] / embed:.1f}%",
     )
@@ -122,7 +124,7 @@ def main():
     count = max(timed, args.stats_images)
     for name, (images, settings) in common.image_sets(count, args.size).items():
         model = common.dynamic_model(**settings)
-        text, line = timing(model, images[:timed], args.batch, args.repeats)
+        text, line = timing(model, images[:timed], args.batch, args.repeats, TARGET_SHARE[name.split()[0]])
         print(f"### {name}\n\n{text}\n\n{line}\n\n{patch_statistics(model, images[:args.stats_images])}\n",
               flush=True)
 

@@ -14,6 +14,9 @@ and on needles images (512x512), in inference mode (a tf.function of
   nearest the dynamic model's mean count on that image set, cut the same way
   (may coincide with the 8 px grid, then it is not timed twice);
 * MobileNetV2 alpha 0.35 (weights=None) on the whole image;
+* dynamic, networks only: the dynamic model's networks and head on its
+  patches cut beforehand (`model.embed_patches`), i.e. with an adaptive part
+  that costs nothing: the bound for lowering that part's cost;
 * with --threshold-scales S...: the dynamic model with its thresholds
   times S, for information (no verdict).
 
@@ -40,12 +43,14 @@ issue's throughput targets (their accuracy halves are in study.py).
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import common
 from dynpatch_tf.calibration import calibrate_thresholds  # after common, which quiets TensorFlow
 
 FINEST_SIDE = common.LEVEL_SIZES[-1]
 DYNAMIC, CALIBRATED, FINEST_GRID = "dynamic", "dynamic, calibrated", "8 px grid (fair)"
+NETWORKS_ONLY = "dynamic, networks only (patches cut beforehand)"
 
 
 def options():
@@ -133,6 +138,16 @@ def calibration_verdicts(speed, models, target, batch):
     return lines
 
 
+def networks_only(model, batches):
+    """Inference of `model`'s networks and head on each of `batches`, from its
+    patches cut beforehand (`model.embed_patches`): the dynamic model with an
+    adaptive part that costs nothing, the bound that lowering that part's cost
+    could reach."""
+    patches = {id(images): model.patches(images) for images in batches}
+    run = tf.function(lambda cut, size: model.head_output(model.embed_patches(cut, size)), reduce_retracing=True)
+    return lambda images: run(patches[id(images)], tf.constant(images.shape[1:3]))
+
+
 def measure(models, images, batch, calls):
     """Markdown table of one batch size, and {name: images per second}."""
     if batch == 1:
@@ -140,13 +155,14 @@ def measure(models, images, batch, calls):
     else:
         batches = [images[:batch]]
     functions = {name: common.predictor(model) for name, (model, _) in models.items()}
+    functions[NETWORKS_ONLY] = networks_only(models[DYNAMIC][0], batches)
     times = common.time_calls(functions, batches, calls * len(batches))
     speed = {name: batch / common.seconds_per_batch(seconds, len(batches)) for name, seconds in times.items()}
     dynamic = speed[DYNAMIC]
     rows = []
     for name, seconds in times.items():
         p50, p99 = common.latency(seconds)
-        patches = models[name][1]
+        patches = models[name if name in models else DYNAMIC][1]
         rows.append([name, patches if isinstance(patches, str) else f"{patches:.0f}", f"{p50:.0f}", f"{p99:.0f}",
                      f"{speed[name]:.2f}", f"{dynamic / speed[name]:.2f}"])
     columns = ["model", "patches / image", "p50 ms", "p99 ms", "images / s", "dynamic's speed-up"]
@@ -165,6 +181,8 @@ def verdicts(speed, batch, token_size, described):
                        dynamic >= 5 * finest, f"{dynamic:.2f} vs {finest:.2f} images/s: {dynamic / finest:.2f}x"),
         common.verdict(f"dynamic >= whole-image MobileNetV2 0.35 throughput, batch {batch}", dynamic >= whole,
                        f"{dynamic:.2f} vs {whole:.2f} images/s: {dynamic / whole:.2f}x"),
+        f"- bound, batch {batch}: the networks alone on the dynamic model's patches run "
+        f"{speed[NETWORKS_ONLY] / finest:.2f}x the 8 px grid; no cheaper adaptive part can do better.",
     ]
 
 
