@@ -30,3 +30,22 @@ def test_identification_smoke_run_reports_every_row():
     report = run_smoke("identification.py")
     for row in ("dynamic, budget 0.2", "fixed 16 px grid"):
         assert re.search(rf"^\| {row} \| \d\.\d{{3}} ± \d\.\d{{3}} \| \d\.\d{{3}} ± ", report, re.MULTILINE), row
+
+
+def test_throughput_smoke_run_times_every_row_against_the_fair_grid():
+    report = run_smoke("throughput.py", "--token-size", "8", "--calibrate", "0.15")
+    for row in ("dynamic", "8 px grid (fair)", "MobileNetV2 0.35, whole image", "dynamic, calibrated",
+                "dynamic, networks only (patches cut beforehand)"):
+        assert len(re.findall(rf"^\| {re.escape(row)} \| [\d-]+ \| \d+ \| \d+ \| \d+\.\d\d \| \d+\.\d\d \|$",
+                              report, re.MULTILINE)) == 4, row  # 2 image sets x 2 batch sizes
+    assert len(re.findall(r"^- target: calibrated >= 5x the 8 px grid .*\*\*(met|missed)\*\*", report,
+                          re.MULTILINE)) == 4
+    assert len(re.findall(r"^- bound, batch \d: the networks alone .* run \d+\.\d\dx", report, re.MULTILINE)) == 4
+
+
+def test_overhead_smoke_run_reports_each_stage_and_the_target_of_each_set():
+    report = run_smoke("overhead.py")
+    for stage in ("complexity map", "complexity map + patcher", "whole embed", "embed + head (forward)"):
+        assert len(re.findall(rf"^\| {re.escape(stage)} \| \d+\.\d{{3}} \|", report, re.MULTILINE)) == 2, stage
+    assert re.search(r"<= 10% of forward .* \*\*(met|missed)\*\*", report)  # photos
+    assert re.search(r"<= 25% of forward .* \*\*(met|missed)\*\*", report)  # needles

@@ -33,8 +33,6 @@ tf.get_logger().setLevel("ERROR")
 PHOTOS = ("astronaut", "camera", "brick", "grass", "gravel", "moon", "immunohistochemistry", "retina")
 # Patch sides of the patcher's levels with the defaults (base 64, min 8).
 LEVEL_SIZES = (64, 32, 16, 8)
-# Thresholds that force a level: below any block mean of a real image, or above all.
-TINY, HUGE = 1e-9, 1e9
 # The needles task's own thresholds and LoG scale (the library's defaults suit
 # photos): every dynamic model that trains or runs on needles takes them.
 NEEDLES_SETTINGS = {"thresholds": NEEDLES_THRESHOLDS, "sigma": NEEDLES_SIGMA}
@@ -148,15 +146,6 @@ def noise(count, size, seed=0):
 
 
 # -- models --------------------------------------------------------------------
-
-
-def uniform_settings(level):
-    """DynamicPatchModel arguments that put every patch on one level (0 = 64 px,
-    3 = 8 px): the block rule with thresholds below or above any block mean,
-    frozen. (The quadtree rule with tiny thresholds leaves 32 or 16 px nodes of
-    exactly zero complexity unsplit, e.g. the black background of astronaut.)"""
-    thresholds = tuple(TINY if split < level else HUGE for split in range(len(LEVEL_SIZES) - 1))
-    return {"thresholds": thresholds, "rule": "block", "trainable_thresholds": False}
 
 
 def uniform_count(level, height, width):
