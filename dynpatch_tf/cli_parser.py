@@ -414,5 +414,5 @@ def _add_tune_parser(commands):
     _add_model_argument(parser, required=False)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
                         help="--thresholds-only: factors on the model's thresholds")
-    # `cli._load_datasets` reads these train options; tune never augments.
+    # `cli_common.load_datasets` reads these train options; tune never augments.
     parser.set_defaults(augment=False, **{name: None for name in AUGMENTATION})

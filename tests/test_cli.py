@@ -19,6 +19,7 @@ import tensorflow as tf
 from dynpatch_tf import DynamicPatchModel, cli, demo, make_needles
 from dynpatch_tf.cli import main
 from dynpatch_tf.image_files import read_image
+from dynpatch_tf.patcher import DEFAULT_THRESHOLDS
 from dynpatch_tf.visualize import COMPLEXITY_PERCENTILE, apply_colormap
 from tests.cli_testing import run_main
 
@@ -254,7 +255,7 @@ def test_train_takes_one_threshold_per_split_level(fitted):
     default, coarse = (call.model for call in fitted)
     for model in (default, coarse):
         model.build((None, None, None, 3))
-    np.testing.assert_allclose(default.patcher.thresholds, cli.DEFAULT_THRESHOLDS, rtol=1e-5)
+    np.testing.assert_allclose(default.patcher.thresholds, DEFAULT_THRESHOLDS, rtol=1e-5)
     assert default.patcher.min_size == 8
     np.testing.assert_allclose(coarse.patcher.thresholds, [0.01, 0.02], rtol=1e-5)
     assert (coarse.patcher.base_size, coarse.patcher.min_size) == (64, 16)
