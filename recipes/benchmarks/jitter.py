@@ -15,7 +15,9 @@ validation accuracy and the mean patches per image at every scale, i.e. the
 accuracy-against-patches curve of both models.
 
 Both models take the needles task's own thresholds and sigma
-(`common.NEEDLES_SETTINGS`), not the library's defaults, which suit photos.
+(`common.NEEDLES_SETTINGS`), not the library's defaults, which suit photos;
+--sigma sets another LoG scale, and --patch-budget B trains both with the
+budget penalty (`patch_budget=B`, `penalty_weight` --penalty-weight).
 
     python recipes/benchmarks/jitter.py                  # 128 px, 256 / 128 images, 4 epochs: ~10 min on 2 cores
     python recipes/benchmarks/jitter.py --size 256 --train 1024 --val 256 --epochs 8
@@ -43,6 +45,12 @@ def options():
     parser.add_argument("--calibrate", type=float, default=None, metavar="FRACTION",
                         help="start from thresholds calibrated to this patch fraction on the training "
                              "images (for textured backgrounds, which the needles thresholds split everywhere)")
+    parser.add_argument("--sigma", type=float, default=common.NEEDLES_SIGMA,
+                        help="LoG sigma of both models (the needles' by default; the library's, 2, "
+                             "suits textured backgrounds)")
+    parser.add_argument("--patch-budget", type=float, default=None,
+                        help="train both models with the budget penalty at this patch fraction")
+    parser.add_argument("--penalty-weight", type=float, default=0.1, help="with --patch-budget")
     args = parser.parse_args()
     if args.smoke:
         args.size, args.classes, args.train, args.val, args.epochs, args.batch = 128, 2, 16, 8, 1, 4
@@ -125,8 +133,9 @@ def main():
         "Threshold jitter: accuracy against patches per image across threshold scales (issue 14)",
         [f"Needles {args.size}x{args.size} on {args.background} backgrounds, {args.classes} classes (chance {1 / args.classes:.2f}), "
          f"{args.train} training images (seed 1), {args.val} validation images (seed 2). Both models: "
-         f"{common.NEEDLES_NOTE} (trainable thresholds"
+         f"the needles thresholds {common.NEEDLES_THRESHOLDS} at LoG sigma {args.sigma:g} (trainable thresholds"
          + (f", calibrated to {args.calibrate:g} of the finest count on the training images first" if args.calibrate else "")
+         + (f"; budget penalty at {args.patch_budget:g}, weight {args.penalty_weight:g}" if args.patch_budget else "")
          + f"), {args.epochs} epochs, batch {args.batch}, "
          f"Adam {args.learning_rate:g}, seed {args.seed}; one with `threshold_jitter={args.jitter:g}` "
          f"(a factor from {factors} per training step), one without. Evaluated at the trained "
@@ -139,10 +148,13 @@ def main():
         make_needles(args.val, image_size=args.size, num_classes=args.classes, seed=2,
                      background=args.background),
     )
-    check_jitter_reaches_patcher(common.dynamic_model(args.classes, args.seed, **common.NEEDLES_SETTINGS,
+    settings = {**common.NEEDLES_SETTINGS, "sigma": args.sigma}
+    if args.patch_budget:
+        settings.update(patch_budget=args.patch_budget, penalty_weight=args.penalty_weight)
+    check_jitter_reaches_patcher(common.dynamic_model(args.classes, args.seed, **settings,
                                                       threshold_jitter=args.jitter), data[0][0][: args.batch])
     names = ("no jitter", f"jitter {args.jitter:g}")
-    models = [common.dynamic_model(args.classes, args.seed, **common.NEEDLES_SETTINGS, threshold_jitter=jitter,
+    models = [common.dynamic_model(args.classes, args.seed, **settings, threshold_jitter=jitter,
                                    name=name.replace(" ", "_").replace(".", "_"))
               for name, jitter in zip(names, (0.0, args.jitter))]
     # The jittered patcher's SeedGenerator draws from Python's generator when it is
