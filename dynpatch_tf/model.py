@@ -261,8 +261,8 @@ class DynamicPatchModel(keras.Model):
         Args:
             patches: the dict of `patches(images)` (`pixels`, `gates`, `boxes`,
                 `levels`, `patch_fraction`).
-            image_size: `[2]` int32 height and width of the images (for the
-                position encoding).
+            image_size: the images' `(height, width)`, ints or a `[2]` int
+                tensor (for the position encoding).
             training: run BatchNorm in training mode.
 
         Returns:
@@ -276,6 +276,7 @@ class DynamicPatchModel(keras.Model):
         embeddings = self.embedder(pixels, scales=weights, training=training).values
         boxes = patches["boxes"]
         if self.position is not None:
+            image_size = tf.cast(image_size, tf.int32)
             embeddings += tf.cast(self.position(boxes.values, image_size), embeddings.dtype)
         embed_dim = self.embedder.embed_dim
         return {

@@ -172,7 +172,7 @@ def test_embed_patches_on_the_patchers_output_gives_embeds_outputs():
     images = photo("astronaut")[None, :128, :192]
     model = DynamicPatchModel(num_classes=3, position_encoding=True, **TINY)
     whole = model.embed(images)
-    parts = model.embed_patches(model.patches(images), tf.constant([128, 192]))
+    parts = model.embed_patches(model.patches(images), images.shape[1:3])
     assert sorted(parts) == sorted(whole)
     for key in ("pooled_embedding", "patch_embeddings", "attention", "boxes", "patch_fraction"):
         expected, actual = whole[key], parts[key]
