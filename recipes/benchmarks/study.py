@@ -241,7 +241,8 @@ def plot(rows, args):
         axis.axhline(1 / args.classes, color="grey", linestyle=":", linewidth=1)
         axis.grid(True, alpha=0.3)
     left.set_ylabel(f"test accuracy, mean ± sd over {args.seeds} seeds")
-    for axis in (left, right):
+    for axis in (left, right):  # ticks at 1, 2, 5 x powers of ten: ms may span less than a decade
+        axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     handles, labels = right.get_legend_handles_labels()
