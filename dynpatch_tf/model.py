@@ -53,7 +53,8 @@ class DynamicPatchModel(keras.Model):
     `thresholds`, `token_size`, `embed_dim`, ...; see `default_parts`). An
     option for a part that was passed as an object is an error.
 
-    `embed(images)` returns the embeddings; `call(images)` returns the logits
+    `embed(images)` returns the embeddings: `patches(images)` (the adaptive
+    part), then `embed_patches` (the networks). `call(images)` returns the logits
     of the head on the attention-weighted mean of the patch embeddings (or
     that pooled embedding itself when there is no head). Training, mixed
     precision and XLA: see the module docstring.
