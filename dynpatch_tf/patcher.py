@@ -204,8 +204,10 @@ class DynamicPatcher(keras.layers.Layer):
             ),
             # Under the budget rule they decide no split: nothing to train.
             trainable=self.trainable_thresholds and self.rule != "budget",
-            # Read in float32 under a mixed policy too: thresholds are small
-            # numbers, and the decisions compare them with float32 means.
+            # Float32 under any policy (float64 and bfloat16 included), and read
+            # so under a mixed one: thresholds are small numbers, and the
+            # decisions compare them with float32 means.
+            dtype="float32",
             autocast=False,
         )
 

@@ -391,6 +391,16 @@ def test_model_dtype_policy_reaches_the_networks(policy):
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
+@pytest.mark.parametrize("policy", ["float64", "bfloat16"])
+def test_a_full_policy_keeps_the_thresholds_and_decisions_in_float32(policy):
+    x, _ = tiny_data()
+    model = DynamicPatchModel(num_classes=2, dtype=policy, **TINY)
+    outputs = model.embed(x)  # the thresholds took the policy's dtype and failed against float32 means
+    assert model.patcher.log_thresholds.dtype == "float32"
+    assert outputs["patch_embeddings"].dtype == policy
+    assert outputs["patch_fraction"].dtype == tf.float32
+
+
 def test_an_empty_batch_gives_empty_outputs():
     model = DynamicPatchModel(num_classes=2, **TINY)
     embed = tf.function(model.embed, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
