@@ -148,16 +148,14 @@ def noise(count, size, seed=0):
 # -- models --------------------------------------------------------------------
 
 
-def uniform_count(level, height, width):
-    """Patches per image of the uniform grid at `level`."""
-    side = LEVEL_SIZES[level]
+def uniform_count(side, height, width):
+    """Patches per image of the uniform grid of `side` px patches."""
     return -(-height // side) * -(-width // side)
 
 
-def nearest_level(mean_patches, height, width):
-    """The uniform level whose patch count is nearest `mean_patches`."""
-    gaps = [abs(uniform_count(level, height, width) - mean_patches) for level in range(len(LEVEL_SIZES))]
-    return int(np.argmin(gaps))
+def nearest_side(mean_patches, height, width):
+    """The patch side of `LEVEL_SIZES` whose uniform grid count is nearest `mean_patches`."""
+    return min(LEVEL_SIZES, key=lambda side: abs(uniform_count(side, height, width) - mean_patches))
 
 
 def dynamic_model(num_classes=4, seed=0, **settings):

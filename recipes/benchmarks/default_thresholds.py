@@ -54,7 +54,7 @@ def shown(thresholds):
 
 def main():
     args = options()
-    finest = common.uniform_count(len(common.LEVEL_SIZES) - 1, args.size, args.size)
+    finest = common.uniform_count(common.LEVEL_SIZES[-1], args.size, args.size)
     target = args.fraction * finest
     common.header(
         "Default thresholds: calibrated on the 8 photos (issue 14)",

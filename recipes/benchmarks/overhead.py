@@ -106,7 +106,7 @@ def patch_statistics(model, images):
     by_level = ", ".join(f"{side} px {mean:.1f}" for side, mean in zip(common.LEVEL_SIZES, counts.mean(0)))
     return (f"Patches per image over {len(images)} images: mean {totals.mean():.1f}, "
             f"p95 {np.percentile(totals, 95):.0f}, max {totals.max()}, min {totals.min()} "
-            f"(of {common.uniform_count(len(common.LEVEL_SIZES) - 1, *images.shape[1:3])} on the finest grid); "
+            f"(of {common.uniform_count(common.LEVEL_SIZES[-1], *images.shape[1:3])} on the finest grid); "
             f"mean per level: {by_level}.")
 
 

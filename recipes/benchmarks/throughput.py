@@ -83,7 +83,7 @@ def fair_grid(side, token_size, size):
     keras.utils.set_random_seed(0)
     model = common.GridPatchModel(side, 4, token_size=token_size)
     model(np.zeros((1, size, size, 3), np.uint8))  # builds it
-    return model, common.uniform_count(common.LEVEL_SIZES.index(side), size, size)
+    return model, common.uniform_count(side, size, size)
 
 
 def variants(images, threshold_scales, calibrate, settings):
@@ -94,7 +94,7 @@ def variants(images, threshold_scales, calibrate, settings):
     dynamic = common.dynamic_model(**settings)
     token = dynamic.patcher.token_size
     mean = common.level_counts(dynamic, images).sum(1).mean()
-    side = common.LEVEL_SIZES[common.nearest_level(mean, size, size)]
+    side = common.nearest_side(mean, size, size)
     thresholds = dynamic.patcher.initial_thresholds
     notes = [
         f"- dynamic model: thresholds ({', '.join(f'{t:g}' for t in thresholds)}), sigma "
@@ -102,7 +102,7 @@ def variants(images, threshold_scales, calibrate, settings):
         "patches per image on average.",
         f"- grids: the same networks on `tf.image.extract_patches` patches at token size {token} "
         "(`common.GridPatchModel`), with no complexity map, quadtree or sorting.",
-        f"- uniform grid: {side} px ({common.uniform_count(common.LEVEL_SIZES.index(side), size, size)} "
+        f"- uniform grid: {side} px ({common.uniform_count(side, size, size)} "
         f"patches per image) is the side nearest the dynamic mean of {mean:.0f}"
         + (", i.e. the 8 px grid itself: timed once." if side == FINEST_SIDE else "."),
     ]
@@ -210,7 +210,7 @@ def main():
             print(f"Batch {batch}:\n\n{text}\n", flush=True)
             lines += verdicts(speed, batch, models[DYNAMIC][0].patcher.token_size, described)
             if args.calibrate is not None:
-                finest = common.uniform_count(common.LEVEL_SIZES.index(FINEST_SIDE), args.size, args.size)
+                finest = common.uniform_count(FINEST_SIDE, args.size, args.size)
                 lines += calibration_verdicts(speed, models, args.calibrate * finest, batch)
         print("\n".join(lines) + "\n", flush=True)
 
